@@ -1,0 +1,1 @@
+"""VMamba for Hugging Face Transformers."""
