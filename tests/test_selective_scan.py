@@ -1,0 +1,290 @@
+"""Selective scan and 2D cross-scan: the torch paths against a float64 evaluation of the reference.
+
+Tolerances: a path run in float64 must match the float64 reference to 1e-9 relative to the output scale (pure
+rounding); a path run in float32 (also from bf16/fp16 inputs upcast exactly) to 2e-4 relative to the scale of the
+compared tensor, values and gradients alike.
+"""
+
+import math
+
+import pytest
+import torch
+
+from transformers_vmamba.selective_scan import (
+    cross_merge,
+    cross_scan,
+    route_order,
+    selective_scan_chunked,
+    selective_scan_reference,
+    ss2d_selective_scan_torch,
+)
+
+
+def assert_close_scaled(actual, expected, rel, name=""):
+    """|actual - expected| <= rel * max|expected|: the error measured against the tensor's own scale."""
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().clamp_min(1e-30)
+    error = (actual - expected).abs().max()
+    assert error <= rel * scale, f"{name}: max abs error {error:.3e} > {rel:.1e} * scale {scale:.3e}"
+
+
+def make_scan_inputs(batch, groups, per_group, d_state, length, decay="realistic", seed=0, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    channels = groups * per_group
+    if decay == "realistic":
+        # VMamba's initialisation: A = -exp(A_log) with A_log = log(1..N); dt ~ softplus(small).
+        A = -torch.arange(1, d_state + 1, dtype=torch.float64).repeat(channels, 1) * torch.exp(0.3 * randn(channels, d_state))
+        delta, delta_bias = randn(batch, channels, length), 0.5 * randn(channels) - 2.0
+    elif decay == "extreme":
+        # dt * A far below -10 per step (down to about -1e3) mixed with slow channels: exp underflows to 0.
+        A = -torch.exp(3.0 * randn(channels, d_state) + 2.0)
+        delta, delta_bias = 3.0 * randn(batch, channels, length), randn(channels) + 2.0
+    else:
+        raise ValueError(decay)
+    tensors = dict(
+        u=randn(batch, channels, length),
+        delta=delta,
+        A=A,
+        B=randn(batch, groups, d_state, length),
+        C=randn(batch, groups, d_state, length),
+        D=randn(channels),
+        delta_bias=delta_bias,
+    )
+    return {name: t.to(dtype) for name, t in tensors.items()}
+
+
+def values_and_grads(fn, inputs, upstream, **kwargs):
+    leaves = {name: t.detach().clone().requires_grad_(True) for name, t in inputs.items()}
+    y = fn(**leaves, **kwargs)
+    (y * upstream.to(y.dtype)).sum().backward()
+    return y.detach(), {name: t.grad for name, t in leaves.items()}
+
+
+# --- the yardstick itself -------------------------------------------------------------------------------------
+
+
+def test_reference_matches_hand_computation():
+    """Two channels sharing one B/C group, N=2, L=3, written out with Python floats."""
+    u = [[0.5, -1.0, 2.0], [1.5, 0.25, -0.5]]
+    delta = [[0.1, -0.3, 0.7], [0.2, 0.0, -1.2]]
+    A = [[-0.5, -2.0], [-1.0, -0.25]]
+    B = [[1.0, -0.5, 0.3], [0.2, 0.8, -1.1]]  # B[n][t]
+    C = [[0.7, 0.1, -0.4], [-0.6, 1.3, 0.9]]
+    D = [0.3, -0.8]
+    bias = [0.05, -0.1]
+    expected = []
+    for d in range(2):
+        state = [0.0, 0.0]
+        row = []
+        for t in range(3):
+            dt = math.log1p(math.exp(delta[d][t] + bias[d]))
+            state = [math.exp(dt * A[d][n]) * state[n] + dt * B[n][t] * u[d][t] for n in range(2)]
+            row.append(sum(C[n][t] * state[n] for n in range(2)) + D[d] * u[d][t])
+        expected.append(row)
+    as64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    args = (as64([u]), as64([delta]), as64(A), as64([[B]]), as64([[C]]), as64(D), as64(bias))
+    for fn in (selective_scan_reference, selective_scan_chunked):
+        torch.testing.assert_close(fn(*args), as64([expected]), rtol=1e-12, atol=1e-12)
+
+
+def test_reference_matches_closed_form_geometric_sum():
+    """Constant dt, A, B = u = C = 1: h_t = dt * (1 - q^(t+1)) / (1 - q) with q = exp(dt * A)."""
+    length, dt, a = 40, 0.3, -0.7
+    q = math.exp(dt * a)
+    expected = torch.tensor([dt * (1 - q ** (t + 1)) / (1 - q) for t in range(length)], dtype=torch.float64)
+    ones = torch.ones(1, 1, length, dtype=torch.float64)
+    args = (ones, torch.full((1, 1, length), dt, dtype=torch.float64), torch.full((1, 1), a, dtype=torch.float64))
+    bc = torch.ones(1, 1, 1, length, dtype=torch.float64)
+    for fn in (selective_scan_reference, selective_scan_chunked):
+        y = fn(*args, bc, bc, delta_softplus=False, **({"chunk_size": 7} if fn is selective_scan_chunked else {}))
+        torch.testing.assert_close(y[0, 0], expected, rtol=1e-12, atol=1e-14)
+
+
+# --- the chunked scan -------------------------------------------------------------------------------------------
+
+SCAN_CASES = [
+    # batch, groups, per_group, d_state, length, chunk_size, decay
+    (1, 4, 3, 1, 1, None, "realistic"),
+    (2, 4, 3, 1, 2, None, "realistic"),
+    (3, 4, 2, 1, 37, None, "realistic"),
+    (1, 4, 2, 16, 37, 5, "realistic"),
+    (2, 2, 3, 16, 130, None, "realistic"),
+    (2, 4, 2, 16, 64, 8, "extreme"),
+    (1, 4, 3, 1, 101, 10, "extreme"),
+    (2, 1, 4, 4, 23, 23, "realistic"),
+    (1, 4, 2, 2, 29, 64, "realistic"),
+]
+
+
+@pytest.mark.parametrize("batch,groups,per_group,d_state,length,chunk_size,decay", SCAN_CASES)
+def test_chunked_scan_matches_float64_reference(batch, groups, per_group, d_state, length, chunk_size, decay):
+    inputs = make_scan_inputs(batch, groups, per_group, d_state, length, decay)
+    upstream = torch.randn(batch, groups * per_group, length, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y_ref, grads_ref = values_and_grads(selective_scan_reference, inputs, upstream)
+    assert torch.isfinite(y_ref).all()
+
+    y64, grads64 = values_and_grads(selective_scan_chunked, inputs, upstream, chunk_size=chunk_size)
+    assert y64.dtype == torch.float64
+    assert_close_scaled(y64, y_ref, 1e-9, "y float64")
+    for name, grad in grads_ref.items():
+        assert_close_scaled(grads64[name], grad, 1e-9, f"grad {name} float64")
+
+    inputs32 = {name: t.float() for name, t in inputs.items()}
+    y32, grads32 = values_and_grads(selective_scan_chunked, inputs32, upstream, chunk_size=chunk_size)
+    assert y32.dtype == torch.float32
+    assert_close_scaled(y32, y_ref, 2e-4, "y float32")
+    for name, grad in grads_ref.items():
+        assert grads32[name].dtype == torch.float32
+        assert_close_scaled(grads32[name], grad, 2e-4, f"grad {name} float32")
+
+
+def test_chunked_scan_optional_arguments():
+    inputs = make_scan_inputs(2, 4, 2, 4, 19, seed=3)
+    del inputs["D"], inputs["delta_bias"]
+    for softplus in (True, False):
+        if not softplus:
+            inputs["delta"] = inputs["delta"].abs()
+        expected = selective_scan_reference(**inputs, delta_softplus=softplus)
+        assert_close_scaled(selective_scan_chunked(**inputs, delta_softplus=softplus, chunk_size=4), expected, 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_chunked_scan_half_precision_inputs_compute_in_float32(dtype):
+    inputs = {name: t.to(dtype) for name, t in make_scan_inputs(2, 4, 2, 16, 45, seed=5).items()}
+    expected = selective_scan_reference(**{name: t.double() for name, t in inputs.items()})
+    y = selective_scan_chunked(**inputs)
+    assert y.dtype == torch.float32
+    assert_close_scaled(y, expected, 2e-4)
+
+
+def test_chunked_scan_rejects_bad_shapes():
+    inputs = make_scan_inputs(1, 4, 2, 4, 10)
+    with pytest.raises(ValueError, match="A has shape"):
+        selective_scan_chunked(**{**inputs, "A": inputs["A"][:, :3]})
+    with pytest.raises(ValueError, match="delta has shape"):
+        selective_scan_chunked(**{**inputs, "delta": inputs["delta"][..., :9]})
+    with pytest.raises(ValueError, match="chunk_size"):
+        selective_scan_chunked(**inputs, chunk_size=0)
+
+
+# --- cross-scan layout ------------------------------------------------------------------------------------------
+
+
+def test_cross_scan_route_order_by_hand():
+    """2 x 3 map numbered row-major: route 1 must read it column by column (the transposed map)."""
+    x = torch.arange(6.0).reshape(1, 1, 2, 3)
+    expected = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 3, 1, 4, 2, 5], [5, 4, 3, 2, 1, 0], [5, 2, 4, 1, 3, 0]])
+    torch.testing.assert_close(cross_scan(x)[0, :, 0], expected.float())
+    images = torch.stack([x + 10 * k for k in range(4)], dim=1)  # direction k holds x + 10k
+    torch.testing.assert_close(route_order(images)[0, :, 0], expected.float() + 10 * torch.arange(4.0)[:, None])
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (5, 7), (9, 5), (18, 10)])
+def test_cross_merge_is_adjoint_of_cross_scan(height, width):
+    generator = torch.Generator().manual_seed(height * width)
+    x = torch.randn(2, 3, height, width, dtype=torch.float64, generator=generator)
+    y = torch.randn(2, 4, 3, height * width, dtype=torch.float64, generator=generator)
+    lhs = (cross_scan(x) * y).sum()
+    rhs = (x.flatten(2) * cross_merge(y, height, width)).sum()
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
+
+
+def route_positions(height, width):
+    """Independent index maps: the image position (row-major index) visited at step i of each route."""
+    length = height * width
+    route0 = [i for i in range(length)]
+    route1 = [(i % height) * width + i // height for i in range(length)]
+    return torch.tensor([route0, route1, route0[::-1], route1[::-1]])
+
+
+def ss2d_by_definition(x, dts, A, Bs, Cs, D, delta_bias):
+    """Gather each route by explicit index maps, scan with the reference, scatter-add back to the image."""
+    batch, channels, height, width = x.shape
+    positions = route_positions(height, width)
+    gather = lambda t, k: t.flatten(-2)[..., positions[k]]  # noqa: E731
+    u = torch.cat([gather(x, k) for k in range(4)], dim=1)
+    delta = torch.cat([gather(dts[:, k], k) for k in range(4)], dim=1)
+    Bk = torch.stack([gather(Bs[:, k], k) for k in range(4)], dim=1)
+    Ck = torch.stack([gather(Cs[:, k], k) for k in range(4)], dim=1)
+    y = selective_scan_reference(u, delta, A, Bk, Ck, D, delta_bias).reshape(batch, 4, channels, -1)
+    out = torch.zeros(batch, channels, height * width, dtype=y.dtype)
+    for k in range(4):
+        out = out.index_add(2, positions[k], y[:, k])
+    return out.reshape(batch, channels, height, width)
+
+
+def make_ss2d_inputs(batch, channels, d_state, height, width, decay="realistic", seed=0):
+    scan = make_scan_inputs(batch, 4, channels, d_state, height * width, decay, seed)
+    generator = torch.Generator().manual_seed(seed + 100)
+    return dict(
+        x=torch.randn(batch, channels, height, width, dtype=torch.float64, generator=generator),
+        dts=scan["delta"].reshape(batch, 4, channels, height, width),
+        A=scan["A"],
+        Bs=scan["B"].reshape(batch, 4, d_state, height, width),
+        Cs=scan["C"].reshape(batch, 4, d_state, height, width),
+        D=scan["D"],
+        delta_bias=scan["delta_bias"],
+    )
+
+
+SS2D_CASES = [
+    # batch, channels, d_state, height, width, decay
+    (1, 3, 1, 1, 1, "realistic"),
+    (2, 3, 1, 5, 7, "realistic"),
+    (1, 2, 16, 9, 5, "realistic"),
+    (2, 2, 1, 18, 10, "extreme"),
+    (1, 2, 4, 7, 7, "extreme"),
+]
+
+
+@pytest.mark.parametrize("batch,channels,d_state,height,width,decay", SS2D_CASES)
+def test_ss2d_matches_definition_in_float64(batch, channels, d_state, height, width, decay):
+    inputs = make_ss2d_inputs(batch, channels, d_state, height, width, decay)
+    upstream = torch.randn(batch, channels, height, width, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y_ref, grads_ref = values_and_grads(ss2d_by_definition, inputs, upstream)
+    for scan_fn in (selective_scan_reference, selective_scan_chunked):
+        y64, grads64 = values_and_grads(ss2d_selective_scan_torch, inputs, upstream, scan_fn=scan_fn)
+        assert y64.shape == (batch, channels, height, width)
+        assert_close_scaled(y64, y_ref, 1e-9, f"{scan_fn.__name__} y")
+        for name, grad in grads_ref.items():
+            assert_close_scaled(grads64[name], grad, 1e-9, f"{scan_fn.__name__} grad {name}")
+    inputs32 = {name: t.float() for name, t in inputs.items()}
+    y32, grads32 = values_and_grads(ss2d_selective_scan_torch, inputs32, upstream)
+    assert y32.dtype == torch.float32
+    assert_close_scaled(y32, y_ref, 2e-4, "float32 y")
+    for name, grad in grads_ref.items():
+        assert_close_scaled(grads32[name], grad, 2e-4, f"float32 grad {name}")
+
+
+def test_ss2d_comparison_catches_a_port_that_mixes_up_height_and_width(monkeypatch):
+    """Mutation check: reading route 1 as a (W, H) reshape instead of the transpose must fail the comparison."""
+    import transformers_vmamba.selective_scan as module
+
+    inputs = make_ss2d_inputs(1, 2, 1, 5, 7)
+    expected = ss2d_by_definition(**inputs)
+    assert_close_scaled(ss2d_selective_scan_torch(**inputs), expected, 1e-9)
+
+    def wrong_cross_scan(x):
+        batch, channels, height, width = x.shape
+        routes = torch.stack([x.flatten(2), x.reshape(batch, channels, width, height).transpose(2, 3).flatten(2)], 1)
+        return torch.cat([routes, routes.flip(-1)], dim=1)
+
+    monkeypatch.setattr(module, "cross_scan", wrong_cross_scan)
+    with pytest.raises(AssertionError):
+        assert_close_scaled(module.ss2d_selective_scan_torch(**inputs), expected, 2e-4)
+
+
+def test_ss2d_rejects_bad_shapes():
+    inputs = make_ss2d_inputs(1, 2, 1, 4, 5)
+    with pytest.raises(ValueError, match="dts has shape"):
+        ss2d_selective_scan_torch(**{**inputs, "dts": inputs["dts"].transpose(3, 4)})
+    with pytest.raises(ValueError, match="A has shape"):
+        ss2d_selective_scan_torch(**{**inputs, "A": inputs["A"][:4]})
+    with pytest.raises(ValueError, match="Cs has shape"):
+        ss2d_selective_scan_torch(**{**inputs, "Cs": inputs["Cs"][:, :, :, :3]})
+    with pytest.raises(ValueError, match="route_order"):
+        route_order(inputs["Bs"][:, :3])
