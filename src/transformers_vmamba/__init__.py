@@ -1,1 +1,94 @@
-"""VMamba for Hugging Face Transformers."""
+# Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
+"""VMamba (Visual State Space Model) for Hugging Face Transformers.
+
+Importing this package registers VMamba with the Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForImageClassification`, `AutoImageProcessor`), so saved VMamba folders load like any built-in model.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    ConvNextImageProcessorPil,
+)
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.utils import is_torchvision_available
+
+from .configuration_vmamba import VARIANTS, VMambaConfig
+from .modeling_vmamba import VMambaForImageClassification, VMambaModel, VMambaPreTrainedModel
+from .original_checkpoint import (
+    OriginalCheckpointError,
+    convert_original_state_dict,
+    from_original_checkpoint,
+    infer_config_from_state_dict,
+    load_original_checkpoint,
+)
+
+
+__version__ = "0.1.0"
+
+
+def default_image_processor(backend: str | None = None):
+    """The original evaluation transform as a Transformers image processor.
+
+    Resize the short side to 256 (= 224 / 0.875) with bicubic interpolation, center-crop 224x224, scale to [0, 1],
+    normalise with the ImageNet mean/std. Transformers' ConvNeXt processor does exactly this. `backend` is "pil"
+    or "torchvision"; the default is torchvision when installed, else PIL.
+    """
+    if backend is None:
+        backend = "torchvision" if is_torchvision_available() else "pil"
+    if backend == "pil":
+        processor_class = ConvNextImageProcessorPil
+    elif backend == "torchvision":
+        from transformers import ConvNextImageProcessor
+
+        processor_class = ConvNextImageProcessor
+    else:
+        raise ValueError(f"backend must be 'pil' or 'torchvision', got {backend!r}")
+    return processor_class(
+        do_resize=True,
+        size={"shortest_edge": 224},
+        crop_pct=0.875,
+        resample=PILImageResampling.BICUBIC,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+    )
+
+
+def _register() -> None:
+    AutoConfig.register(VMambaConfig.model_type, VMambaConfig, exist_ok=True)
+    AutoModel.register(VMambaConfig, VMambaModel, exist_ok=True)
+    AutoModelForImageClassification.register(VMambaConfig, VMambaForImageClassification, exist_ok=True)
+    image_processor_classes = {"pil": ConvNextImageProcessorPil}
+    if is_torchvision_available():
+        from transformers import ConvNextImageProcessor
+
+        image_processor_classes["torchvision"] = ConvNextImageProcessor
+    AutoImageProcessor.register(VMambaConfig, image_processor_classes=image_processor_classes, exist_ok=True)
+    # save_pretrained then also writes `auto_map` and the flat modeling files, so a saved folder loads with
+    # trust_remote_code=True where this package is not installed.
+    VMambaConfig.register_for_auto_class()
+    VMambaModel.register_for_auto_class("AutoModel")
+    VMambaForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+
+_register()
+
+
+__all__ = [
+    "VARIANTS",
+    "OriginalCheckpointError",
+    "VMambaConfig",
+    "VMambaForImageClassification",
+    "VMambaModel",
+    "VMambaPreTrainedModel",
+    "convert_original_state_dict",
+    "default_image_processor",
+    "from_original_checkpoint",
+    "infer_config_from_state_dict",
+    "load_original_checkpoint",
+]
