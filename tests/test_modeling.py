@@ -1,0 +1,237 @@
+"""VMambaModel / VMambaForImageClassification behaviour on tiny configurations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import FAMILIES, tiny_config
+
+from transformers_vmamba import VMambaForImageClassification, VMambaModel
+from transformers_vmamba.modeling_vmamba import VMambaSS2D, resolve_scan_backend, ss2d_selective_scan
+from transformers_vmamba.selective_scan import cross_merge, cross_scan, selective_scan_reference
+
+
+def _expected_map_sizes(config, height, width):
+    """Feature-map sizes per stage from the convolution arithmetic of each embed/downsample kind."""
+    if config.patch_embed_type == "single_conv":
+        h, w = height // config.patch_size, width // config.patch_size
+    else:
+        h, w = height, width
+        for _ in range(2):
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # k3 s2 p1
+    sizes = [(h, w)]
+    for _ in range(config.num_stages - 1):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)  # both downsample kinds round up on odd sizes
+        sizes.append((h, w))
+    return sizes
+
+
+@pytest.mark.parametrize("channels_first", [True, False])
+@pytest.mark.parametrize("variant", FAMILIES)
+def test_non_square_odd_input_shapes_and_gradients(variant, channels_first):
+    config = tiny_config(variant, channels_first=channels_first)
+    model = VMambaForImageClassification(config)
+    pixel_values = torch.randn(2, 3, 37, 51)
+    output = model(pixel_values, labels=torch.tensor([0, 2]), output_hidden_states=True)
+    sizes = _expected_map_sizes(config, 37, 51)
+    assert output.logits.shape == (2, 3)
+    assert len(output.hidden_states) == config.num_stages + 1
+    assert output.hidden_states[0].shape == (2, config.hidden_sizes[0], *sizes[0])
+    for stage, hidden in enumerate(output.hidden_states[1:]):
+        assert hidden.shape == (2, config.hidden_sizes[stage], *sizes[stage])
+    output.loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("variant", FAMILIES)
+def test_memory_layout_does_not_change_results(variant):
+    first = VMambaModel(tiny_config(variant, channels_first=True)).double().eval()
+    last = VMambaModel(tiny_config(variant, channels_first=False)).double().eval()
+    last.load_state_dict(first.state_dict())
+    pixel_values = torch.randn(1, 3, 29, 42, dtype=torch.float64)
+    a, b = first(pixel_values, output_hidden_states=True), last(pixel_values, output_hidden_states=True)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-12, rtol=0)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-12, rtol=0)
+    for x, y in zip(a.hidden_states, b.hidden_states):
+        torch.testing.assert_close(x, y, atol=1e-12, rtol=0)
+
+
+def test_ss2d_core_equals_original_formulation():
+    """Pointwise projections in image layout == the original's projections of the four route copies."""
+    config = tiny_config("vanilla-vmamba-tiny", hidden_sizes=[8, 16, 32, 64], ssm_state_size=3)
+    mixer = VMambaSS2D(config, 0).double()
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.uniform_(-0.5, 0.5)
+        mixer.A_log.uniform_(-1, 1.5)
+    batch, height, width = 2, 5, 7
+    features = torch.randn(batch, mixer.inner_size, height, width, dtype=torch.float64)
+    # the original: project every route copy, scan, merge
+    routes = cross_scan(features)  # (B, 4, D, L)
+    projected = torch.einsum("bkdl,kcd->bkcl", routes, mixer.x_proj_weight)
+    dt_low, Bs, Cs = projected.split([mixer.dt_rank, mixer.state_size, mixer.state_size], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dt_low, mixer.dt_proj_weight)
+    ys = selective_scan_reference(
+        routes.reshape(batch, -1, height * width),
+        dts.reshape(batch, -1, height * width),
+        -torch.exp(mixer.A_log),
+        Bs,
+        Cs,
+        mixer.D,
+        mixer.dt_proj_bias.reshape(-1),
+    )
+    expected = cross_merge(ys.view(batch, 4, -1, height * width), height, width).view(features.shape)
+    for backend in ("reference", "torch", "auto"):
+        mixer.scan_backend = backend
+        actual = mixer.selective_scan_2d(features)
+        assert actual.dtype == torch.float64
+        torch.testing.assert_close(actual, expected, atol=1e-12, rtol=0, msg=backend)
+
+
+def test_scan_keeps_float32_under_half_precision_inputs():
+    config = tiny_config()
+    mixer = VMambaSS2D(config, 0)
+    features = torch.randn(1, mixer.inner_size, 4, 6).to(torch.bfloat16)
+    assert mixer.to(torch.bfloat16).selective_scan_2d(features).dtype == torch.float32
+    model = VMambaForImageClassification(config).to(torch.bfloat16)
+    assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).logits.dtype == torch.bfloat16
+
+
+def test_scan_backend_resolution(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("VMAMBA_SCAN_BACKEND", raising=False)
+    assert resolve_scan_backend("auto", cpu) == "torch"
+    assert resolve_scan_backend("reference", cpu) == "reference"
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "reference")
+    assert resolve_scan_backend("auto", cpu) == "reference"
+    assert resolve_scan_backend("torch", cpu) == "torch"  # an explicit config choice wins over the env var
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="VMAMBA_SCAN_BACKEND"):
+        resolve_scan_backend("auto", cpu)
+
+
+def test_triton_backend_without_triton_says_so(monkeypatch):
+    import transformers_vmamba.modeling_vmamba as modeling
+
+    monkeypatch.setattr(modeling, "vmamba_kernels", None)
+    with pytest.raises(RuntimeError, match="vmamba_kernels"):
+        ss2d_selective_scan(
+            torch.zeros(1, 2, 2, 2),
+            torch.zeros(1, 4, 2, 2, 2),
+            -torch.ones(8, 1),
+            torch.zeros(1, 4, 1, 2, 2),
+            torch.zeros(1, 4, 1, 2, 2),
+            torch.ones(8),
+            torch.zeros(8),
+            backend="triton",
+        )
+
+
+def test_return_dict_false_and_config_default():
+    model = VMambaForImageClassification(tiny_config()).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    as_tuple = model(pixel_values, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], model(pixel_values).logits)
+    with_hidden = model(pixel_values, labels=torch.tensor([1]), output_hidden_states=True, return_dict=False)
+    assert len(with_hidden) == 3 and with_hidden[0].ndim == 0 and len(with_hidden[2]) == 5
+    model.config.output_hidden_states = True
+    assert len(model(pixel_values).hidden_states) == 5
+
+
+def test_base_model_outputs():
+    model = VMambaModel(tiny_config()).eval()
+    output = model(torch.randn(2, 3, 40, 24), output_hidden_states=True)
+    assert output.last_hidden_state.shape == (2, 64, 2, 1)
+    torch.testing.assert_close(output.pooler_output, output.last_hidden_state.mean((-2, -1)))
+    # last_hidden_state is the final LayerNorm applied to the last stage's output
+    last_stage = output.hidden_states[-1].permute(0, 2, 3, 1)
+    normed = F.layer_norm(last_stage, (64,), model.layernorm.weight, model.layernorm.bias, 1e-5).permute(0, 3, 1, 2)
+    torch.testing.assert_close(output.last_hidden_state, normed)
+
+
+def test_losses_for_the_three_problem_types():
+    pixel_values = torch.randn(3, 3, 32, 32)
+    model = VMambaForImageClassification(tiny_config()).eval()
+    labels = torch.tensor([0, 2, 1])
+    output = model(pixel_values, labels=labels)
+    assert model.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(output.loss, F.cross_entropy(output.logits, labels))
+
+    model = VMambaForImageClassification(tiny_config(problem_type="multi_label_classification")).eval()
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    output = model(pixel_values, labels=targets)
+    torch.testing.assert_close(output.loss, F.binary_cross_entropy_with_logits(output.logits, targets))
+
+    model = VMambaForImageClassification(tiny_config(num_labels=1)).eval()
+    values = torch.randn(3)
+    output = model(pixel_values, labels=values)
+    assert model.config.problem_type == "regression"
+    torch.testing.assert_close(output.loss, F.mse_loss(output.logits.squeeze(), values))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    config = tiny_config("vanilla-vmamba-tiny")
+    pixel_values, labels = torch.randn(2, 3, 32, 24), torch.tensor([0, 1])
+    reference = VMambaForImageClassification(config).train()
+    checkpointed = VMambaForImageClassification(config).train()
+    checkpointed.load_state_dict(reference.state_dict())
+    # renamed activation_checkpointing_enable in newer transformers; the old name still works everywhere
+    enable = getattr(checkpointed, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable()
+    else:
+        checkpointed.gradient_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for stage in checkpointed.vmamba.stages for layer in stage.layers)
+    reference(pixel_values, labels=labels).loss.backward()
+    checkpointed(pixel_values, labels=labels).loss.backward()
+    for (name, a), b in zip(reference.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_drop_path_only_in_training():
+    model = VMambaForImageClassification(tiny_config(drop_path_rate=0.5, depths=[2, 2, 2, 2]))
+    rates = [layer.drop_path.drop_prob for stage in model.vmamba.stages for layer in stage.layers[1:]]
+    assert rates == sorted(rates) and rates[-1] == pytest.approx(0.5)  # linear schedule up to the rate
+    pixel_values = torch.randn(4, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(pixel_values).logits, model(pixel_values).logits)
+    model.train()
+    assert not torch.allclose(model(pixel_values).logits, model(pixel_values).logits)
+
+
+def test_wrong_channel_count_and_too_small_image():
+    model = VMambaForImageClassification(tiny_config())
+    with pytest.raises(ValueError, match="1 channels but the model expects 3"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"3x40 pixels is too small.*at least 4x4"):
+        model(torch.randn(1, 3, 3, 40))
+    with pytest.raises(ValueError, match=r"\(batch, channels, height, width\)"):
+        model(torch.randn(3, 32, 32))
+    # the smallest allowed image works for both embedding kinds
+    for variant in ("vanilla-vmamba-tiny", "vmamba-tiny-s2l5"):
+        assert VMambaForImageClassification(tiny_config(variant))(torch.randn(1, 3, 4, 4)).logits.shape == (1, 3)
+
+
+def test_initialisation_follows_the_original():
+    config = tiny_config("vanilla-vmamba-tiny", hidden_sizes=[32, 64, 128, 256], ssm_state_size=16)
+    model = VMambaForImageClassification(config)
+    mixer = model.vmamba.stages[1].layers[0].ssm
+    torch.testing.assert_close(mixer.A_log, torch.log(torch.arange(1, 17.0)).expand(4 * 128, 16))
+    assert torch.equal(mixer.D, torch.ones(4 * 128))
+    step = F.softplus(mixer.dt_proj_bias)
+    assert step.min() >= config.ssm_dt_min * 0.999 and step.max() <= config.ssm_dt_max * 1.001
+    assert step.std() > 0  # sampled, not constant
+    bound = mixer.dt_rank**-0.5
+    assert mixer.dt_proj_weight.abs().max() <= bound and mixer.dt_proj_weight.abs().max() > 0.5 * bound
+    assert mixer.x_proj_weight.abs().max() <= 128**-0.5
+    weight = model.vmamba.stages[2].layers[0].ssm.in_proj.weight
+    # trunc_normal_(std=0.02) with the default absolute bounds +-2, as in the original (timm's helper)
+    assert abs(weight.std().item() - 0.02) < 0.001 and abs(weight.mean().item()) < 0.001
+    assert torch.equal(model.classifier.bias, torch.zeros(3))
+    norm = model.vmamba.stages[0].layers[0].ssm_norm
+    assert torch.equal(norm.weight, torch.ones(32)) and torch.equal(norm.bias, torch.zeros(32))
