@@ -1,0 +1,246 @@
+"""Transformers integration: Auto classes, save/load, pipeline, remote code, Trainer, image processor."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import fixtures_dir, tiny_config
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import transformers_vmamba
+from transformers_vmamba import VMambaConfig, VMambaForImageClassification, VMambaModel, default_image_processor
+
+
+@pytest.fixture(scope="module")
+def sample_image() -> Image.Image:
+    from sklearn.datasets import load_sample_image
+
+    return Image.fromarray(load_sample_image("china.jpg"))
+
+
+@pytest.fixture()
+def saved_model(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config("vmamba-tiny-s2l5", id2label={0: "cat", 1: "dog", 2: "bird"})
+    model = VMambaForImageClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    default_image_processor().save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+def test_save_load_round_trip_is_exact(saved_model):
+    model, path = saved_model
+    assert (path / "model.safetensors").is_file() and not (path / "pytorch_model.bin").exists()
+    loaded = VMambaForImageClassification.from_pretrained(path).eval()
+    pixel_values = torch.randn(2, 3, 45, 33)
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values).logits, loaded(pixel_values).logits)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_auto_classes_resolve(saved_model):
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+
+    model, path = saved_model
+    assert type(AutoConfig.from_pretrained(path)) is VMambaConfig
+    assert type(AutoModelForImageClassification.from_pretrained(path)) is VMambaForImageClassification
+    base = AutoModel.from_pretrained(path).eval()
+    assert type(base) is VMambaModel
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(base(pixel_values).pooler_output, model.vmamba(pixel_values).pooler_output)
+    processor = AutoImageProcessor.from_pretrained(path)
+    assert "ConvNextImageProcessor" in type(processor).__name__
+    assert processor.size == {"shortest_edge": 224} and processor.crop_pct == 0.875
+    # a new model built from just a config also resolves
+    assert type(AutoModel.from_config(tiny_config())) is VMambaModel
+
+
+def test_saved_folder_carries_remote_code(saved_model):
+    _, path = saved_model
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "vmamba"
+    assert config["auto_map"]["AutoConfig"] == "configuration_vmamba.VMambaConfig"
+    assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_vmamba.VMambaForImageClassification"
+    for name in ("configuration_vmamba.py", "modeling_vmamba.py", "selective_scan.py"):
+        assert (path / name).is_file(), name
+
+
+def test_pipeline_on_a_real_image(saved_model, sample_image):
+    from transformers import pipeline
+
+    model, path = saved_model
+    classifier = pipeline("image-classification", model=str(path), device="cpu")
+    predictions = classifier(sample_image, top_k=3)
+    assert sorted(p["label"] for p in predictions) == ["bird", "cat", "dog"]
+    # the pipeline's scores are the model's softmax on the processed image
+    pixel_values = default_image_processor()(sample_image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        probs = model(pixel_values).logits.softmax(-1)[0]
+    label2id = {label: index for index, label in model.config.id2label.items()}
+    for p in predictions:
+        assert p["score"] == pytest.approx(probs[label2id[p["label"]]].item(), abs=1e-5)
+
+
+def test_image_processor_is_the_original_eval_transform(sample_image):
+    """Short side to 256 (bicubic), center crop 224, ImageNet mean/std, computed independently with PIL."""
+    processor = default_image_processor()
+    pixel_values = processor(sample_image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 224, 224)
+    width, height = sample_image.size
+    new_h, new_w = (256, int(256 * width / height)) if height <= width else (int(256 * height / width), 256)
+    resized = np.asarray(sample_image.resize((new_w, new_h), Image.BICUBIC), dtype=np.float32) / 255.0
+    top, left = (new_h - 224) // 2, (new_w - 224) // 2
+    crop = resized[top : top + 224, left : left + 224]
+    expected = (crop - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    expected = torch.from_numpy(expected.transpose(2, 0, 1)).float()[None]
+    torch.testing.assert_close(pixel_values, expected, atol=1e-5, rtol=0)
+
+
+REMOTE_CODE_CHILD = textwrap.dedent(
+    """
+    import sys
+    sys.modules["transformers_vmamba"] = None  # the package is not installed here
+    sys.modules["vmamba_kernels"] = None
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    path, inputs, out = sys.argv[1:4]
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    with torch.no_grad():
+        logits = model(load_file(inputs)["pixel_values"]).logits
+    save_file({"logits": logits}, out)
+    """
+)
+
+
+def test_trust_remote_code_without_the_package(saved_model, tmp_path):
+    model, path = saved_model
+    pixel_values = torch.randn(2, 3, 37, 50)
+    save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
+    script = tmp_path / "child.py"
+    script.write_text(REMOTE_CODE_CHILD)
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, str(script), str(path), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out.safetensors")],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+    torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["logits"], expected, atol=1e-6, rtol=0)
+
+
+def test_from_pretrained_initialises_missing_weights_on_meta(saved_model, tmp_path):
+    """Weights missing from a checkpoint are initialised by _init_weights after meta-device construction."""
+    model, path = saved_model
+    state = load_file(path / "model.safetensors")
+    dropped = [k for k in state if k.endswith((".A_log", ".D", ".dt_proj_bias"))]
+    save_file({k: v for k, v in state.items() if k not in dropped}, path / "model.safetensors", metadata={"format": "pt"})
+    loaded = VMambaForImageClassification.from_pretrained(path)
+    for stage in loaded.vmamba.stages:
+        mixer = stage.layers[0].ssm
+        expected = torch.log(torch.arange(1, mixer.state_size + 1.0)).expand_as(mixer.A_log)
+        torch.testing.assert_close(mixer.A_log.data, expected)
+        assert torch.equal(mixer.D.data, torch.ones_like(mixer.D))
+        step = torch.nn.functional.softplus(mixer.dt_proj_bias.data)
+        assert step.min() >= 0.000999 and step.max() <= 0.1001
+    kept = loaded.state_dict()
+    for key, value in state.items():
+        if key not in dropped:
+            assert torch.equal(kept[key], value), key
+
+
+def test_half_precision_loading_keeps_scan_parameters_in_float32(saved_model):
+    _, path = saved_model
+    model = VMambaForImageClassification.from_pretrained(path, dtype=torch.bfloat16)
+    mixer = model.vmamba.stages[0].layers[0].ssm
+    assert mixer.in_proj.weight.dtype == torch.bfloat16
+    assert mixer.A_log.dtype == mixer.D.dtype == mixer.dt_proj_bias.dtype == torch.float32
+    logits = model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+def test_one_trainer_step_updates_the_weights(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = VMambaForImageClassification(tiny_config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = [{"pixel_values": torch.randn(3, 32, 32), "labels": i % 3} for i in range(4)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        max_steps=1,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_strategy="no",
+    )
+    result = Trainer(model=model, args=args, train_dataset=data).train()
+    assert np.isfinite(result.training_loss)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(".ssm.A_log" in k for k in changed) and "classifier.weight" in changed
+
+
+def test_readme_usage_snippets(tmp_path, sample_image):
+    """The usage snippets of the README, with the fixture checkpoint standing in for a released .pth file."""
+    checkpoint_path = str(fixtures_dir() / "v2_s2l_ln2d" / "checkpoint.pth")
+    output_dir = str(tmp_path / "vmamba-converted")
+    image = sample_image
+
+    # --- README: build a released architecture (random weights) ---
+    from transformers_vmamba import VMambaConfig, VMambaForImageClassification
+
+    config = VMambaConfig.from_variant("vmamba-tiny-s1l8", num_labels=1000)  # VMamba-T, ImageNet-1k head
+    model = VMambaForImageClassification(config)
+    assert sum(p.numel() for p in model.parameters()) == 30249064
+
+    # --- README: convert an original checkpoint ---
+    from transformers_vmamba import default_image_processor, from_original_checkpoint
+
+    model = from_original_checkpoint(checkpoint_path)  # picks model_ema, infers the config, checks every key
+    model.save_pretrained(output_dir)
+    default_image_processor().save_pretrained(output_dir)
+
+    # --- README: use it like any Transformers image classifier ---
+    import transformers_vmamba  # noqa: F401  (registers VMamba with the Auto classes)
+    from transformers import pipeline
+
+    classifier = pipeline("image-classification", model=output_dir)
+    predictions = classifier(image, top_k=5)
+    assert len(predictions) == 5 and all(0 <= p["score"] <= 1 for p in predictions)
+
+
+def test_public_api():
+    assert set(transformers_vmamba.__all__) >= {
+        "VMambaConfig",
+        "VMambaModel",
+        "VMambaForImageClassification",
+        "VMambaPreTrainedModel",
+        "VARIANTS",
+        "from_original_checkpoint",
+        "load_original_checkpoint",
+        "infer_config_from_state_dict",
+        "convert_original_state_dict",
+        "OriginalCheckpointError",
+        "default_image_processor",
+    }
+    assert issubclass(transformers_vmamba.OriginalCheckpointError, ValueError)
