@@ -27,13 +27,8 @@ from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_vmamba import SCAN_BACKENDS, VMambaConfig
-from .selective_scan import cross_merge, cross_scan, selective_scan_reference
+from .selective_scan import selective_scan_reference, ss2d_selective_scan_torch
 
-
-try:  # the fast pure-torch SS2D core; older copies of selective_scan.py lack it
-    from .selective_scan import ss2d_selective_scan_torch
-except ImportError:
-    ss2d_selective_scan_torch = None
 
 try:  # optional Triton kernels (a separate package, absent for Hub remote-code users)
     import vmamba_kernels
@@ -49,29 +44,6 @@ NUM_DIRECTIONS = 4
 # ---------------------------------------------------------------------------------------------------------------
 # SS2D core: scan backend dispatch
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _in_route_order(per_direction: torch.Tensor) -> torch.Tensor:
-    """(B, 4, C, H, W) tensors given per direction at each pixel -> (B, 4, C, H*W), direction k in route k's order."""
-    row_major = per_direction[:, 0::2].flatten(3)
-    col_major = per_direction[:, 1::2].transpose(3, 4).flatten(3)
-    return torch.stack([row_major[:, 0], col_major[:, 0], row_major[:, 1].flip(-1), col_major[:, 1].flip(-1)], dim=1)
-
-
-def ss2d_selective_scan_reference(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True, scan=selective_scan_reference):
-    """SS2D core spelled out with the cross-scan routes materialised; same contract as `ss2d_selective_scan_torch`.
-
-    x (B, D, H, W); dts (B, 4, D, H, W); Bs, Cs (B, 4, N, H, W); A (4*D, N); D, delta_bias (4*D,).
-    Returns (B, D, H, W) in float32 (float64 for float64 inputs).
-    """
-    batch, channels, height, width = x.shape
-    length = height * width
-    us = cross_scan(x).reshape(batch, NUM_DIRECTIONS * channels, length)
-    deltas = _in_route_order(dts).reshape(batch, NUM_DIRECTIONS * channels, length)
-    ys = scan(us, deltas, A, _in_route_order(Bs), _in_route_order(Cs), D, delta_bias, delta_softplus)
-    return cross_merge(ys.view(batch, NUM_DIRECTIONS, channels, length), height, width).view(
-        batch, channels, height, width
-    )
 
 
 def resolve_scan_backend(requested: str, device: torch.device) -> str:
@@ -101,9 +73,11 @@ def ss2d_selective_scan(x, dts, A, Bs, Cs, D, delta_bias, backend: str = "auto")
     backend = resolve_scan_backend(backend, x.device)
     if backend == "triton":
         return vmamba_kernels.ss2d_selective_scan(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True)
-    if backend == "torch" and ss2d_selective_scan_torch is not None:
-        return ss2d_selective_scan_torch(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True)
-    return ss2d_selective_scan_reference(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True)
+    if backend == "reference":
+        return ss2d_selective_scan_torch(
+            x, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True, scan_fn=selective_scan_reference
+        )
+    return ss2d_selective_scan_torch(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
