@@ -142,6 +142,21 @@ def test_chunked_scan_matches_float64_reference(batch, groups, per_group, d_stat
         assert_close_scaled(grads32[name], grad, 2e-4, f"grad {name} float32")
 
 
+@pytest.mark.parametrize("block_elements", [1, 700, 3000])
+def test_chunked_scan_blocking_does_not_change_results(monkeypatch, block_elements):
+    """Small block budgets: one channel per block, part of a row per block, several rows per block."""
+    import transformers_vmamba.selective_scan as module
+
+    monkeypatch.setattr(module, "_BLOCK_ELEMENTS", block_elements)
+    inputs = make_scan_inputs(2, 4, 5, 3, 33, seed=7)
+    upstream = torch.randn(2, 20, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    y_ref, grads_ref = values_and_grads(selective_scan_reference, inputs, upstream)
+    y, grads = values_and_grads(selective_scan_chunked, inputs, upstream, chunk_size=4)
+    assert_close_scaled(y, y_ref, 1e-9, "y")
+    for name, grad in grads_ref.items():
+        assert_close_scaled(grads[name], grad, 1e-9, f"grad {name}")
+
+
 def test_chunked_scan_optional_arguments():
     inputs = make_scan_inputs(2, 4, 2, 4, 19, seed=3)
     del inputs["D"], inputs["delta_bias"]

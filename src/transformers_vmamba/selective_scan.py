@@ -118,8 +118,238 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def _default_chunk_size(length: int) -> int:
-    """About sqrt(L): the in-chunk loop and the cross-chunk carry loop then take equally few steps."""
+    """About sqrt(L): the in-chunk sweeps and the cross-chunk carry loop then take equally few steps."""
     return max(1, math.isqrt(max(length - 1, 0)) + 1)
+
+
+# Elements of the (positions x states x channels) working tensors processed at once: bounds the transient memory
+# of the backward pass (four such tensors) and keeps a block's sweeps in cache.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _to_steps(t: torch.Tensor, chunk: int, num_chunks: int) -> torch.Tensor:
+    """(R, X, L) -> (T, R, X, chunks), zero-padded to chunks * T: one in-chunk position of all chunks is a slice.
+
+    Keeping (R, X, chunks) in order makes this a plain 2D transpose of (R*X*chunks, T), the cheapest to copy.
+    """
+    rows, features, length = t.shape
+    pad = num_chunks * chunk - length
+    if pad:
+        t = F.pad(t, (0, pad))
+    return t.reshape(rows, features, num_chunks, chunk).permute(3, 0, 1, 2).contiguous()
+
+
+def _from_steps(t: torch.Tensor, length: int) -> torch.Tensor:
+    """(T, R, X, chunks) -> (R, X, L): inverse of ``_to_steps``."""
+    chunk, rows, features, num_chunks = t.shape
+    return t.permute(1, 2, 3, 0).reshape(rows, features, num_chunks * chunk)[:, :, :length]
+
+
+# Big working tensors are (T, R, N, Dg, chunks); a step slice [t] is (R, N, Dg, chunks). Small ones are
+# dt, dtu, grad_y: (T, R, Dg, chunks) and B, C: (T, R, N, chunks); A is (R, N, Dg, 1).
+
+
+def _chunk_entry_states(decay, dt, dtu, A, B):
+    """State entering every chunk, (R, N, Dg, chunks).
+
+    One sweep over the in-chunk positions (all chunks at once, from a zero state) gives each chunk's end state; a
+    loop over chunks then carries it on with the whole-chunk decay ``exp(A * sum(dt))``.
+    """
+    state = dtu[0].unsqueeze(1) * B[0].unsqueeze(2)
+    for step in range(1, decay.shape[0]):
+        state.mul_(decay[step]).addcmul_(dtu[step].unsqueeze(1), B[step].unsqueeze(2))
+    chunk_decay = torch.exp(dt.sum(0).unsqueeze(1) * A)
+    entry = torch.zeros_like(state)
+    for index in range(1, state.shape[-1]):
+        torch.addcmul(state[..., index - 1], chunk_decay[..., index - 1], entry[..., index - 1], out=entry[..., index])
+    return entry
+
+
+def _block_forward(dt, dtu, A, B, C):
+    """y of one block, (T, R, Dg, chunks), in step layout."""
+    decay = torch.exp(dt.unsqueeze(2) * A)
+    state = _chunk_entry_states(decay, dt, dtu, A, B)
+    y = dt.new_empty(dt.shape)
+    for step in range(decay.shape[0]):
+        state.mul_(decay[step]).addcmul_(dtu[step].unsqueeze(1), B[step].unsqueeze(2))
+        torch.sum(state * C[step].unsqueeze(2), dim=1, out=y[step])
+    return y
+
+
+def _block_backward(dt, dtu, A, B, C, grad_y):
+    """Gradients (dt, dtu, A, B, C) of one block in step layout; grad_A is (R, N, Dg).
+
+    Recomputes the states (nothing big is saved by the forward), runs the adjoint recurrence
+    ``lam_t = C_t * grad_y_t + a_{t+1} * lam_{t+1}`` backwards with the same chunked sweeps, then contracts.
+    """
+    steps = dt.shape[0]
+    decay = torch.exp(dt.unsqueeze(2) * A)
+    # carried[t] = a_t * h_{t-1}: the part of h_t that came through the decay, formed exactly as the recurrence does.
+    carried = torch.empty_like(decay)
+    state = _chunk_entry_states(decay, dt, dtu, A, B)
+    for step in range(steps):
+        torch.mul(state, decay[step], out=carried[step])
+        torch.addcmul(carried[step], dtu[step].unsqueeze(1), B[step].unsqueeze(2), out=state)
+
+    # Adjoint: a local reverse sweep gives a_first * lam_first of every chunk from a zero start; the carry entering
+    # chunk c from the right is rho_c = a_{first of c+1} * lam_{first of c+1}.
+    gy = grad_y.unsqueeze(2)
+    Cn = C.unsqueeze(3)
+    lam = gy[-1] * Cn[-1]
+    lam.mul_(decay[-1])
+    for step in range(steps - 2, -1, -1):
+        lam.addcmul_(gy[step], Cn[step]).mul_(decay[step])
+    chunk_decay = torch.exp(dt.sum(0).unsqueeze(1) * A)
+    carry = torch.zeros_like(lam)
+    for index in range(lam.shape[-1] - 1, 0, -1):
+        torch.addcmul(lam[..., index], chunk_decay[..., index], carry[..., index], out=carry[..., index - 1])
+    adjoints = torch.empty_like(decay)
+    for step in range(steps - 1, -1, -1):
+        torch.addcmul(carry, gy[step], Cn[step], out=adjoints[step])
+        torch.mul(adjoints[step], decay[step], out=lam)
+        carry, lam = lam, carry
+    scratch = decay
+
+    # h_t = carried_t + dtu_t * B_t, so sum_Dg grad_y * h_t is a contraction of carried plus a small product.
+    grad_C = torch.mul(carried, gy, out=scratch).sum(3)
+    grad_C.addcmul_(B, (grad_y * dtu).sum(2, keepdim=True))
+    grad_B = torch.mul(adjoints, dtu.unsqueeze(2), out=scratch).sum(3)
+    grad_dtu = torch.mul(adjoints, B.unsqueeze(3), out=scratch).sum(2)
+    # The adjoint times a_t * h_{t-1} is the gradient of the exponent dt_t * A.
+    weighted = carried.mul_(adjoints)
+    grad_A = torch.mul(weighted, dt.unsqueeze(2), out=scratch).sum((0, 4))
+    grad_dt = weighted.mul_(A).sum(2)
+    return grad_dt, grad_dtu, grad_A, grad_B, grad_C
+
+
+def _blocks(rows: int, channels: int, d_state: int, padded_length: int):
+    """(row slice, channel slice) pairs of at most about ``_BLOCK_ELEMENTS`` state elements each."""
+    per_row = channels * d_state * padded_length
+    if per_row <= _BLOCK_ELEMENTS:
+        rows_per_block = max(1, _BLOCK_ELEMENTS // per_row)
+        for start in range(0, rows, rows_per_block):
+            yield slice(start, min(start + rows_per_block, rows)), slice(0, channels)
+    else:
+        splits = -(-per_row // _BLOCK_ELEMENTS)
+        width = -(-channels // splits)
+        for row in range(rows):
+            for start in range(0, channels, width):
+                yield slice(row, row + 1), slice(start, min(start + width, channels))
+
+
+class _ChunkedSelectiveScan(torch.autograd.Function):
+    """Chunked scan with a hand-written backward that recomputes the states block by block.
+
+    Autograd through the sweeps would keep every step's intermediates (several copies of the full
+    (batch, K*D, N, L) state); this keeps only the inputs, so training memory stays at the size of the inputs
+    plus one block.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size):
+        dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
+        batch, channels, length = u.shape
+        groups, d_state = B.shape[1], B.shape[2]
+        per_group = channels // groups
+        chunk = min(chunk_size or _default_chunk_size(length), length)
+        num_chunks = -(-length // chunk)
+        rows = batch * groups
+
+        u_rows = u.to(dtype).reshape(rows, per_group, length)
+        dt_raw = delta.to(dtype).reshape(rows, per_group, length)
+        if delta_bias is not None:
+            dt_raw = dt_raw + delta_bias.to(dtype).reshape(1, groups, per_group, 1).expand(batch, -1, -1, -1).reshape(rows, per_group, 1)
+        dt = F.softplus(dt_raw) if delta_softplus else dt_raw
+        dtu = dt * u_rows
+        A_rows = A.to(dtype).reshape(groups, per_group, d_state).transpose(1, 2)[..., None]  # (groups, N, Dg, 1)
+        B_rows = B.to(dtype).reshape(rows, d_state, length)
+        C_rows = C.to(dtype).reshape(rows, d_state, length)
+
+        y = u_rows.new_empty(rows, per_group, length)
+        for row_slice, channel_slice in _blocks(rows, per_group, d_state, num_chunks * chunk):
+            group_index = torch.arange(row_slice.start, row_slice.stop, device=u.device) % groups
+            y_block = _block_forward(
+                _to_steps(dt[row_slice, channel_slice], chunk, num_chunks),
+                _to_steps(dtu[row_slice, channel_slice], chunk, num_chunks),
+                A_rows[group_index][:, :, channel_slice],
+                _to_steps(B_rows[row_slice], chunk, num_chunks),
+                _to_steps(C_rows[row_slice], chunk, num_chunks),
+            )
+            y[row_slice, channel_slice] = _from_steps(y_block, length)
+        y = y.reshape(batch, channels, length)
+        if D is not None:
+            y = y + D.to(dtype)[:, None] * u_rows.reshape(batch, channels, length)
+
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.settings = (delta_softplus, chunk, dtype)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+        delta_softplus, chunk, dtype = ctx.settings
+        batch, channels, length = u.shape
+        groups, d_state = B.shape[1], B.shape[2]
+        per_group = channels // groups
+        num_chunks = -(-length // chunk)
+        rows = batch * groups
+
+        grad_y = grad_y.to(dtype)
+        u_rows = u.to(dtype).reshape(rows, per_group, length)
+        dt_raw = delta.to(dtype).reshape(rows, per_group, length)
+        if delta_bias is not None:
+            dt_raw = dt_raw + delta_bias.to(dtype).reshape(1, groups, per_group, 1).expand(batch, -1, -1, -1).reshape(rows, per_group, 1)
+        dt = F.softplus(dt_raw) if delta_softplus else dt_raw
+        dtu = dt * u_rows
+        A_rows = A.to(dtype).reshape(groups, per_group, d_state).transpose(1, 2)[..., None]
+        B_rows = B.to(dtype).reshape(rows, d_state, length)
+        C_rows = C.to(dtype).reshape(rows, d_state, length)
+        gy_rows = grad_y.reshape(rows, per_group, length)
+
+        grad_dt = torch.empty_like(dt)
+        grad_dtu = torch.empty_like(dt)
+        grad_A = torch.zeros_like(A_rows[..., 0])
+        grad_B = torch.zeros_like(B_rows)
+        grad_C = torch.zeros_like(C_rows)
+        for row_slice, channel_slice in _blocks(rows, per_group, d_state, num_chunks * chunk):
+            group_index = torch.arange(row_slice.start, row_slice.stop, device=u.device) % groups
+            g_dt, g_dtu, g_A, g_B, g_C = _block_backward(
+                _to_steps(dt[row_slice, channel_slice], chunk, num_chunks),
+                _to_steps(dtu[row_slice, channel_slice], chunk, num_chunks),
+                A_rows[group_index][:, :, channel_slice],
+                _to_steps(B_rows[row_slice], chunk, num_chunks),
+                _to_steps(C_rows[row_slice], chunk, num_chunks),
+                _to_steps(gy_rows[row_slice, channel_slice], chunk, num_chunks),
+            )
+            grad_dt[row_slice, channel_slice] = _from_steps(g_dt, length)
+            grad_dtu[row_slice, channel_slice] = _from_steps(g_dtu, length)
+            grad_A[:, :, channel_slice].index_add_(0, group_index, g_A)
+            grad_B[row_slice] += _from_steps(g_B, length)
+            grad_C[row_slice] += _from_steps(g_C, length)
+
+        grad_u = grad_dtu * dt
+        grad_dt.addcmul_(grad_dtu, u_rows)
+        grad_delta = grad_dt * torch.sigmoid(dt_raw) if delta_softplus else grad_dt
+        grad_u = grad_u.reshape(batch, channels, length)
+        grad_delta = grad_delta.reshape(batch, channels, length)
+        grad_D = grad_delta_bias = None
+        if D is not None:
+            grad_u = grad_u + D.to(dtype)[:, None] * grad_y
+            grad_D = (grad_y * u.to(dtype)).sum((0, 2)).to(D.dtype)
+        if delta_bias is not None:
+            grad_delta_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype)
+        return (
+            grad_u.to(u.dtype),
+            grad_delta.to(delta.dtype),
+            grad_A.transpose(1, 2).reshape(channels, d_state).to(A.dtype),
+            grad_B.reshape(B.shape).to(B.dtype),
+            grad_C.reshape(C.shape).to(C.dtype),
+            grad_D,
+            grad_delta_bias,
+            None,
+            None,
+        )
 
 
 def selective_scan_chunked(
@@ -135,71 +365,18 @@ def selective_scan_chunked(
 ) -> torch.Tensor:
     """Selective scan without a Python loop over every position: same contract as ``selective_scan_reference``.
 
-    The sequence is cut into ``L / T`` chunks of ``T`` positions. All chunks run the recurrence at once from a
-    zero state (``T`` vectorised steps), then a carry pass over the chunks (``L / T`` small steps) finds the state
-    entering each chunk, and its effect inside the chunk is added back with the in-chunk decay
-    ``exp(A * cumsum(dt))``. Every exponent is a sum of ``dt * A`` terms of one sign, so strong decay only
-    underflows to zero, exactly as in the step-by-step recurrence: no ``exp(-cumsum)`` that could overflow.
+    The sequence is cut into chunks of ``T`` (about sqrt(L)) positions. A sweep over the ``T`` in-chunk positions,
+    vectorised over all chunks, finds each chunk's end state from a zero start; a loop over the chunks carries
+    the state into the next chunk with the whole-chunk decay; a second sweep then runs every chunk from its true
+    entry state and contracts with ``C``. Only decays ``exp(dt * A)`` of single steps or of whole chunks are ever
+    formed, exactly the products the step-by-step recurrence forms, so strong decay (``dt * A`` of -10 or less
+    per step) just underflows to zero as it does there: no ``exp(-cumsum)`` that could overflow, no clamping.
+    The backward recomputes the states block by block instead of keeping them (see ``_ChunkedSelectiveScan``).
     """
     _check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
-    batch, channels, length = u.shape
-    groups, d_state = B.shape[1], B.shape[2]
-    per_group = channels // groups
-    chunk = min(chunk_size or _default_chunk_size(length), length)
-    num_chunks = -(-length // chunk)
-    pad = num_chunks * chunk - length
-
-    u_c, A_c, B_c, C_c = (t.to(dtype) for t in (u, A, B, C))
-    dt = delta.to(dtype)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(dtype)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    dtu = dt * u_c
-    if pad:
-        # Padded positions have dt = 0 (no decay) and no input; their outputs are dropped.
-        dt, dtu = F.pad(dt, (0, pad)), F.pad(dtu, (0, pad))
-        B_c, C_c = F.pad(B_c, (0, pad)), F.pad(C_c, (0, pad))
-
-    # Layout (T, batch, groups, chunks, per_group[, N]): one in-chunk step is a contiguous slice.
-    def channels_to_steps(t):
-        return t.reshape(batch, groups, per_group, num_chunks, chunk).permute(4, 0, 1, 3, 2)
-
-    def states_to_steps(t):
-        return t.reshape(batch, groups, d_state, num_chunks, chunk).permute(4, 0, 1, 3, 2)[:, :, :, :, None, :]
-
-    dt, dtu = channels_to_steps(dt), channels_to_steps(dtu)
-    B_c, C_c = states_to_steps(B_c), states_to_steps(C_c)
-    A_c = A_c.reshape(groups, 1, per_group, d_state)
-
-    decay = torch.exp(dt[..., None] * A_c)
-    drive = dtu[..., None] * B_c
-    state = drive[0]
-    local_states = [state]
-    for step in range(1, chunk):
-        state = decay[step] * state + drive[step]
-        local_states.append(state)
-    local_states = torch.stack(local_states)
-
-    # Carry across chunks: state entering chunk c+1 = decay over chunk c * state entering c + local end state of c.
-    chunk_decay = torch.exp(dt.sum(0)[..., None] * A_c)
-    carry = torch.zeros_like(local_states[0, :, :, 0])
-    carries = [carry]
-    for index in range(num_chunks - 1):
-        carry = chunk_decay[:, :, index] * carry + local_states[-1, :, :, index]
-        carries.append(carry)
-    carries = torch.stack(carries, dim=2)
-
-    decay_into_chunk = torch.exp(torch.cumsum(dt, dim=0)[..., None] * A_c)
-    states = local_states + decay_into_chunk * carries
-    y = (states * C_c).sum(-1)
-    y = y.permute(1, 2, 4, 3, 0).reshape(batch, channels, num_chunks * chunk)[:, :, :length]
-    if D is not None:
-        y = y + D.to(dtype)[:, None] * u_c
-    return y
+    return _ChunkedSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size)
 
 
 def route_order(images: torch.Tensor) -> torch.Tensor:
