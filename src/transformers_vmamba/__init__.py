@@ -68,7 +68,12 @@ def _register() -> None:
         from transformers import ConvNextImageProcessor
 
         image_processor_classes["torchvision"] = ConvNextImageProcessor
-    AutoImageProcessor.register(VMambaConfig, image_processor_classes=image_processor_classes, exist_ok=True)
+    try:
+        AutoImageProcessor.register(VMambaConfig, image_processor_classes=image_processor_classes, exist_ok=True)
+    except ImportError:
+        # transformers < 5.5 (about) makes AutoImageProcessor require torchvision; the saved
+        # preprocessor_config.json still names the processor, so only the Auto lookup is unavailable there.
+        pass
     # save_pretrained then also writes `auto_map` and the flat modeling files, so a saved folder loads with
     # trust_remote_code=True where this package is not installed.
     VMambaConfig.register_for_auto_class()
