@@ -2,10 +2,12 @@
 """VMamba (Visual State Space Model) for Hugging Face Transformers.
 
 Importing this package registers VMamba with the Auto classes (`AutoConfig`, `AutoModel`,
-`AutoModelForImageClassification`, `AutoImageProcessor`), so saved VMamba folders load like any built-in model.
+`AutoModelForImageClassification`, `AutoBackbone`, `AutoImageProcessor`), so saved VMamba folders load like any
+built-in model and dense-task models (e.g. UperNet) accept a VMamba `backbone_config`.
 """
 
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -16,7 +18,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import is_torchvision_available
 
 from .configuration_vmamba import VARIANTS, VMambaConfig
-from .modeling_vmamba import VMambaForImageClassification, VMambaModel, VMambaPreTrainedModel
+from .modeling_vmamba import VMambaBackbone, VMambaForImageClassification, VMambaModel, VMambaPreTrainedModel
 from .original_checkpoint import (
     OriginalCheckpointError,
     convert_original_state_dict,
@@ -63,6 +65,7 @@ def _register() -> None:
     AutoConfig.register(VMambaConfig.model_type, VMambaConfig, exist_ok=True)
     AutoModel.register(VMambaConfig, VMambaModel, exist_ok=True)
     AutoModelForImageClassification.register(VMambaConfig, VMambaForImageClassification, exist_ok=True)
+    AutoBackbone.register(VMambaConfig, VMambaBackbone, exist_ok=True)
     image_processor_classes = {"pil": ConvNextImageProcessorPil}
     if is_torchvision_available():
         from transformers import ConvNextImageProcessor
@@ -79,6 +82,7 @@ def _register() -> None:
     VMambaConfig.register_for_auto_class()
     VMambaModel.register_for_auto_class("AutoModel")
     VMambaForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+    VMambaBackbone.register_for_auto_class("AutoBackbone")
 
 
 _register()
@@ -87,6 +91,7 @@ _register()
 __all__ = [
     "VARIANTS",
     "OriginalCheckpointError",
+    "VMambaBackbone",
     "VMambaConfig",
     "VMambaForImageClassification",
     "VMambaModel",

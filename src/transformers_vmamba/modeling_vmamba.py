@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
+    BackboneOutput,
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
 )
@@ -492,7 +494,86 @@ class VMambaForImageClassification(VMambaPreTrainedModel):
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
+class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
+    """VMamba as a backbone for dense heads (UperNet, Mask2Former, DETR, ...): multi-scale feature maps.
+
+    Stage `stageN` is the output of stage N's blocks, taken before its downsample and passed through its own
+    LayerNorm, as the original's detection/segmentation backbone (`Backbone_VSSM`, norms `outnorm0..3`) does.
+    `stem` is the patch embedding, which already ends in a LayerNorm, so it gets no extra norm (the original has
+    none either). Stages not in `config.out_features` get no norm and no parameters.
+    """
+
+    has_attentions = False
+
+    def __init__(self, config: VMambaConfig):
+        super().__init__(config)
+        self.channels_first = config.channels_first
+        self.embeddings = VMambaEmbeddings(config)
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
+        offsets = [sum(config.depths[:i]) for i in range(config.num_stages + 1)]
+        self.stages = nn.ModuleList(
+            [VMambaStage(config, i, rates[offsets[i] : offsets[i + 1]]) for i in range(config.num_stages)]
+        )
+        self.num_features = [config.hidden_sizes[0]] + list(config.hidden_sizes)
+        self.hidden_states_norms = nn.ModuleDict(
+            {
+                stage: VMambaLayerNorm(channels, eps=config.layer_norm_eps, channels_first=config.channels_first)
+                for stage, channels in zip(self.out_features, self.channels)
+                if stage != "stem"
+            }
+        )
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput:
+        r"""
+        Returns `feature_maps`, one (batch, channels, height / stride, width / stride) map per entry of
+        `config.out_features` (strides 4, 4, 8, 16, 32 for `stem`, `stage1`..`stage4`), and with
+        `output_hidden_states` the un-normalised (batch, channels, height, width) maps of the patch embedding and of
+        every stage (before its downsample).
+
+        Example:
+        ```python
+        >>> import torch
+        >>> from transformers_vmamba import VMambaBackbone, VMambaConfig
+
+        >>> config = VMambaConfig.from_variant("vmamba-tiny-s1l8", out_features=["stage1", "stage2", "stage3", "stage4"])
+        >>> backbone = VMambaBackbone(config)
+        >>> [tuple(m.shape) for m in backbone(torch.randn(1, 3, 224, 224)).feature_maps]
+        [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
+        ```"""
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+
+        hidden_states = self.embeddings(pixel_values)
+        stage_outputs = [hidden_states]
+        for stage in self.stages:
+            stage_output, hidden_states = stage(hidden_states)
+            stage_outputs.append(stage_output)
+
+        feature_maps = ()
+        for name, stage_output in zip(self.stage_names, stage_outputs):
+            if name in self.out_features:
+                if name in self.hidden_states_norms:
+                    stage_output = self.hidden_states_norms[name](stage_output)
+                # contiguous, as the original returns them: heads may .view() the maps
+                feature_maps += (to_image_layout(stage_output, self.channels_first).contiguous(),)
+
+        all_hidden_states = None
+        if output_hidden_states:
+            all_hidden_states = tuple(to_image_layout(output, self.channels_first) for output in stage_outputs)
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=all_hidden_states)
+
+
 __all__ = [
+    "VMambaBackbone",
     "VMambaForImageClassification",
     "VMambaModel",
     "VMambaPreTrainedModel",
