@@ -2,7 +2,9 @@
 """Load checkpoints of the original VMamba training code (MzeroMiko/VMamba) into the Transformers model.
 
 Everything here works from the keys and shapes of the saved tensors: the config is inferred, checked against a
-released variant when one is named, and every key must map (no missing or unexpected keys). Pickled checkpoints are
+released variant when one is named, and every key must map (no missing or unexpected keys). Classification
+checkpoints become `VMambaForImageClassification`; detection/segmentation checkpoints (mmdetection/mmsegmentation
+layout, backbone under ``backbone.``) become `VMambaBackbone`, their heads being skipped. Pickled checkpoints are
 untrusted, so they are only ever read with ``torch.load(weights_only=True)``; classes pickled next to the weights
 (the yacs config of the released files) are replaced by inert stand-ins instead of being imported.
 """
@@ -16,9 +18,13 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
+from transformers.utils import logging
 
 from .configuration_vmamba import ARCHITECTURE_FIELDS, VARIANTS, VMambaConfig
-from .modeling_vmamba import VMambaForImageClassification
+from .modeling_vmamba import VMambaBackbone, VMambaForImageClassification
+
+
+logger = logging.get_logger(__name__)
 
 
 class OriginalCheckpointError(ValueError):
@@ -185,6 +191,64 @@ def convert_original_state_dict(
     return converted
 
 
+# Keys of mmdetection/mmsegmentation models: the backbone lives under this prefix, everything else (decode_head,
+# auxiliary_head, neck, rpn_head, roi_head, data_preprocessor, ...) belongs to heads this package does not port.
+DETECTION_BACKBONE_PREFIX = "backbone."
+_OUTNORM = re.compile(r"^outnorm(\d+)\.(weight|bias)$")
+
+
+def split_detection_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]] | None:
+    """Split an mmdetection/mmsegmentation state dict into the VMamba backbone and the rest.
+
+    Returns ``(backbone_state_dict, skipped)`` with the ``backbone.`` prefix removed and ``skipped`` mapping each
+    other top-level module (e.g. ``decode_head``) to its keys, or None when no key is under ``backbone.`` (an
+    ordinary classification state dict).
+    """
+    if not any(key.startswith(DETECTION_BACKBONE_PREFIX) for key in state_dict):
+        return None
+    backbone, skipped = {}, {}
+    for key, tensor in state_dict.items():
+        if key.startswith(DETECTION_BACKBONE_PREFIX):
+            backbone[key[len(DETECTION_BACKBONE_PREFIX) :]] = tensor
+        else:
+            skipped.setdefault(key.split(".", 1)[0], []).append(key)
+    return backbone, skipped
+
+
+def backbone_out_features(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Stages with an output norm (``outnorm{i}`` -> ``stage{i+1}``) in a (normalized) backbone state dict."""
+    indices = sorted({int(m.group(1)) for key in state_dict if (m := _OUTNORM.match(key))})
+    return [f"stage{index + 1}" for index in indices]
+
+
+def convert_original_backbone_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original ``Backbone_VSSM`` state dict (without the ``backbone.`` prefix) -> `VMambaBackbone` state dict.
+
+    ``outnorm{i}`` becomes ``hidden_states_norms.stage{i+1}``; every other key maps as in a classifier. Keys that
+    do not map raise `OriginalCheckpointError` listing them.
+    """
+    converted, unknown = {}, []
+    for key, tensor in normalize_original_state_dict(state_dict).items():
+        match = _OUTNORM.match(key)
+        if match:
+            new_key = f"hidden_states_norms.stage{int(match.group(1)) + 1}.{match.group(2)}"
+        elif _HEAD.match(key) or key.startswith("classifier."):
+            new_key = None  # a backbone has no classifier
+        else:
+            new_key = map_original_key(key, base_model_prefix="")
+        if new_key is None:
+            unknown.append(key)
+        else:
+            converted[new_key] = tensor
+    if unknown:
+        raise OriginalCheckpointError(
+            f"{len(unknown)} keys of the backbone checkpoint have no VMambaBackbone counterpart: {unknown}"
+        )
+    return converted
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Config inference
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,6 +272,8 @@ def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], **overr
     """Infer the whole `VMambaConfig` (sizes, depths, scan sizes, gate, MLP, downsample and patch-embed kinds,
     number of classes) from the keys and shapes of an original classification state dict.
 
+    A detection/segmentation backbone state dict (``Backbone_VSSM``, ``backbone.`` prefix removed) has no
+    classifier but ``outnorm{i}`` norms instead; its config gets ``out_features`` = the stages with a norm.
     The layout (``channels_first``) cannot be seen in the weights; it defaults to the family's original layout.
     """
     state_dict = normalize_original_state_dict(state_dict)
@@ -285,7 +351,16 @@ def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], **overr
     else:
         downsample_type = "conv"
 
-    head = _require(state_dict, "classifier.head.weight", "classification head")
+    out_features = backbone_out_features(state_dict)
+    if out_features:
+        if any(key.startswith("classifier.") for key in state_dict):
+            raise OriginalCheckpointError(
+                "the checkpoint has both backbone output norms (outnorm*) and a classifier; expected one or the other"
+            )
+        head_kwargs = dict(out_features=out_features)
+    else:
+        head = _require(state_dict, "classifier.head.weight", "classification head (or backbone outnorm* norms)")
+        head_kwargs = dict(num_labels=head.shape[0])
     kwargs = dict(
         num_channels=num_channels,
         patch_size=patch_size,
@@ -300,7 +375,7 @@ def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor], **overr
         mlp_ratio=float(_same_for_all_stages(mlp_ratios, "MLP ratio")),
         downsample_type=downsample_type,
         patch_embed_type=patch_embed_type,
-        num_labels=head.shape[0],
+        **head_kwargs,
     )
     # Released-model defaults (layout, drop path) when the weights are one of the nine published architectures.
     variant = _matching_variant(kwargs)
@@ -342,13 +417,20 @@ def from_original_checkpoint(
     variant: str | None = None,
     weights_key: str | None = None,
     **config_overrides,
-) -> VMambaForImageClassification:
-    """Build a ready `VMambaForImageClassification` (eval mode) from an original VMamba checkpoint.
+) -> VMambaForImageClassification | VMambaBackbone:
+    """Build a ready model (eval mode) from an original VMamba checkpoint.
+
+    A classification checkpoint gives a `VMambaForImageClassification`. A detection/segmentation checkpoint of
+    mmdetection/mmsegmentation (weights under ``state_dict``, backbone under ``backbone.`` with output norms
+    ``outnorm{i}``) gives a `VMambaBackbone` whose ``out_features`` are the stages with a norm; its other tensors
+    (``decode_head``, ``auxiliary_head``, ``neck``, ``rpn_head``, ``roi_head``, ...) are skipped with a warning
+    naming them: those heads are not converted.
 
     Args:
         path_or_state_dict: a ``.pth`` file of the original training code, a loaded checkpoint dict or a state dict.
         variant: name of a released model (see `VARIANTS`) the weights must match; mismatches raise.
-        weights_key: which weights of the checkpoint to use; default ``model_ema`` when present, else ``model``.
+        weights_key: which weights of the checkpoint to use; default ``model_ema`` when present, else ``model``,
+            else ``state_dict``.
         config_overrides: extra `VMambaConfig` fields (e.g. ``channels_first``, ``scan_backend``, ``id2label``).
     """
     if isinstance(path_or_state_dict, Mapping):
@@ -356,9 +438,20 @@ def from_original_checkpoint(
     else:
         checkpoint = load_original_checkpoint(path_or_state_dict)
     state_dict, _ = select_weights(checkpoint, weights_key)
+    detection = split_detection_state_dict(state_dict)
+    if detection is not None:
+        state_dict, skipped = detection
+        if skipped:
+            summary = ", ".join(f"{module} ({len(keys)} tensors)" for module, keys in skipped.items())
+            logger.warning(
+                f"detection/segmentation checkpoint: converting only the VMamba backbone; skipped {summary}. "
+                "Decode/detection heads and necks are not converted."
+            )
     state_dict = normalize_original_state_dict(state_dict)
 
     config = infer_config_from_state_dict(state_dict)
+    is_backbone = bool(backbone_out_features(state_dict))
+    head_fields = dict(out_features=config.out_features) if is_backbone else dict(num_labels=config.num_labels)
     if variant is not None:
         if variant not in VARIANTS:
             raise OriginalCheckpointError(f"unknown VMamba variant {variant!r}; known variants: {', '.join(VARIANTS)}")
@@ -367,12 +460,16 @@ def from_original_checkpoint(
             raise OriginalCheckpointError(
                 f"the checkpoint does not match variant {variant!r}: " + "; ".join(mismatches)
             )
-        config = VMambaConfig.from_variant(variant, num_labels=config.num_labels, **config_overrides)
+        config = VMambaConfig.from_variant(variant, **{**head_fields, **config_overrides})
     elif config_overrides:
         config = infer_config_from_state_dict(state_dict, **config_overrides)
 
-    model = VMambaForImageClassification(config)
-    converted = convert_original_state_dict(state_dict)
+    if is_backbone:
+        model = VMambaBackbone(config)
+        converted = convert_original_backbone_state_dict(state_dict)
+    else:
+        model = VMambaForImageClassification(config)
+        converted = convert_original_state_dict(state_dict)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
@@ -392,7 +489,10 @@ def from_original_checkpoint(
 
 
 __all__ = [
+    "DETECTION_BACKBONE_PREFIX",
     "OriginalCheckpointError",
+    "backbone_out_features",
+    "convert_original_backbone_state_dict",
     "convert_original_state_dict",
     "from_original_checkpoint",
     "infer_config_from_state_dict",
@@ -400,4 +500,5 @@ __all__ = [
     "map_original_key",
     "normalize_original_state_dict",
     "select_weights",
+    "split_detection_state_dict",
 ]
