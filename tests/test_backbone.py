@@ -32,9 +32,15 @@ from transformers_vmamba import (
     VMambaConfig,
     VMambaModel,
     from_original_checkpoint,
+    infer_config_from_state_dict,
     load_original_checkpoint,
 )
-from transformers_vmamba.original_checkpoint import select_weights, split_detection_state_dict
+from transformers_vmamba.configuration_vmamba import ARCHITECTURE_FIELDS
+from transformers_vmamba.original_checkpoint import (
+    convert_original_backbone_state_dict,
+    select_weights,
+    split_detection_state_dict,
+)
 
 
 ALL_STAGES = ["stem", "stage1", "stage2", "stage3", "stage4"]
@@ -114,7 +120,8 @@ def test_feature_maps_are_normed_stage_outputs(variant, channels_first):
     randomize_norms(backbone)
     trunk = VMambaModel(config).eval()
     result = trunk.load_state_dict(backbone.state_dict(), strict=False)
-    assert sorted(result.unexpected_keys) == sorted(f"hidden_states_norms.{s}.{p}" for s in FOUR_STAGES for p in ("weight", "bias"))
+    norm_keys = [f"hidden_states_norms.{stage}.{name}" for stage in FOUR_STAGES for name in ("weight", "bias")]
+    assert sorted(result.unexpected_keys) == sorted(norm_keys)
     assert sorted(result.missing_keys) == ["layernorm.bias", "layernorm.weight"]
 
     pixel_values = torch.randn(2, 3, 45, 30)
@@ -453,3 +460,35 @@ def test_converted_backbone_saves_and_loads(converted_backbone, tmp_path):
     with torch.no_grad():
         for a, b in zip(model(pixel_values).feature_maps, loaded(pixel_values).feature_maps):
             torch.testing.assert_close(a, b, **RELOAD)
+
+
+@pytest.mark.parametrize("variant", ["vmamba-tiny-s2l5", "vanilla-vmamba-small"])
+def test_released_layouts_as_detection_checkpoints(variant):
+    """A full-size released layout saved the mmdetection way (classifier removed, outnorm0..3 added, backbone.
+    prefix, a head) is recognised as a backbone of exactly that variant, and every backbone key maps."""
+    manifest = json.loads((fixtures_dir() / "manifests" / f"{variant.replace('-', '_')}.json").read_text())
+    hidden_sizes = VMambaConfig.from_variant(variant).hidden_sizes
+    state_dict = {
+        f"backbone.{key}": torch.empty(shape, device="meta")
+        for key, shape in manifest["state_dict"].items()
+        if not key.startswith("classifier.")
+    }
+    for index, size in enumerate(hidden_sizes):
+        for name in ("weight", "bias"):
+            state_dict[f"backbone.outnorm{index}.{name}"] = torch.empty(size, device="meta")
+    state_dict["decode_head.conv_seg.weight"] = torch.empty(150, 512, 1, 1, device="meta")
+    backbone_state_dict, skipped = split_detection_state_dict(state_dict)
+    assert list(skipped) == ["decode_head"]
+    config = infer_config_from_state_dict(backbone_state_dict)
+    expected = VMambaConfig.from_variant(variant)
+    for field in ARCHITECTURE_FIELDS + ("channels_first", "drop_path_rate"):
+        assert getattr(config, field) == getattr(expected, field), field
+    assert config.out_features == FOUR_STAGES
+    with torch.device("meta"):
+        model_keys = set(VMambaBackbone(config).state_dict())
+    assert set(convert_original_backbone_state_dict(backbone_state_dict)) == model_keys
+
+
+def test_backbone_variant_cross_check():
+    with pytest.raises(OriginalCheckpointError, match=r"does not match variant 'vmamba-tiny-s2l5'.*hidden_sizes"):
+        from_original_checkpoint(fixture_checkpoint(), variant="vmamba-tiny-s2l5")

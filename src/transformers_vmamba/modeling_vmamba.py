@@ -542,7 +542,8 @@ class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
         >>> import torch
         >>> from transformers_vmamba import VMambaBackbone, VMambaConfig
 
-        >>> config = VMambaConfig.from_variant("vmamba-tiny-s1l8", out_features=["stage1", "stage2", "stage3", "stage4"])
+        >>> stages = ["stage1", "stage2", "stage3", "stage4"]
+        >>> config = VMambaConfig.from_variant("vmamba-tiny-s1l8", out_features=stages)
         >>> backbone = VMambaBackbone(config)
         >>> [tuple(m.shape) for m in backbone(torch.randn(1, 3, 224, 224)).feature_maps]
         [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
