@@ -345,28 +345,6 @@ def test_upernet_config_dict_and_checkpoint_round_trip(tmp_path):
     assert_same_weights(model, loaded)
 
 
-def test_readme_upernet_snippet():
-    # --- README: "VMamba as a backbone" (kept in sync with the report's README text) ---
-    import transformers_vmamba  # noqa: F401  (registers "vmamba" with AutoConfig/AutoBackbone)
-    from transformers import UperNetConfig, UperNetForSemanticSegmentation
-    from transformers_vmamba import VMambaConfig
-
-    backbone_config = VMambaConfig.from_variant(
-        "vmamba-tiny-s2l5", out_features=["stage1", "stage2", "stage3", "stage4"]
-    )
-    config = UperNetConfig(backbone_config=backbone_config, num_labels=150)
-    with torch.device("meta"):  # test only: shapes without spending seconds on random init of 60M parameters
-        model = UperNetForSemanticSegmentation(config)
-    # --- end README ---
-    assert type(model.backbone) is VMambaBackbone and model.backbone.channels == [96, 192, 384, 768]
-    assert model.decode_head.classifier.out_channels == 150
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Original detection/segmentation checkpoints
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def fixture_checkpoint():
     return fixtures_dir() / BACKBONE_FIXTURE / "checkpoint.pth"
 

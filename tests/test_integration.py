@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import fixtures_dir, tiny_config
+from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -224,33 +224,6 @@ def test_one_trainer_step_updates_the_weights(tmp_path):
 
 
 @needs_image_processor
-def test_readme_usage_snippets(tmp_path, sample_image):
-    """The usage snippets of the README, with the fixture checkpoint standing in for a released .pth file."""
-    checkpoint_path = str(fixtures_dir() / "v2_s2l_ln2d" / "checkpoint.pth")
-    output_dir = str(tmp_path / "vmamba-converted")
-    image = sample_image
-
-    # --- README: build a released architecture (random weights) ---
-    from transformers_vmamba import VMambaConfig, VMambaForImageClassification
-
-    config = VMambaConfig.from_variant("vmamba-tiny-s1l8", num_labels=1000)  # VMamba-T, ImageNet-1k head
-    model = VMambaForImageClassification(config)
-    assert sum(p.numel() for p in model.parameters()) == 30249064
-
-    # --- README: convert an original checkpoint ---
-    from transformers_vmamba import default_image_processor, from_original_checkpoint
-
-    model = from_original_checkpoint(checkpoint_path)  # picks model_ema, infers the config, checks every key
-    model.save_pretrained(output_dir)
-    default_image_processor().save_pretrained(output_dir)
-
-    # --- README: use it like any Transformers image classifier ---
-    import transformers_vmamba  # noqa: F401  (registers VMamba with the Auto classes)
-    from transformers import pipeline
-
-    classifier = pipeline("image-classification", model=output_dir)
-    predictions = classifier(image, top_k=5)
-    assert len(predictions) == 5 and all(0 <= p["score"] <= 1 for p in predictions)
 
 
 def test_public_api():
