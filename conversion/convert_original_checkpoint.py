@@ -197,7 +197,9 @@ def verify_folder(folder: Path, model) -> float:
     return max_abs_diff
 
 
-def write_model_folder(tmp: Path, model, *, source: str, weights_key: str | None, released, model_id: str) -> None:
+def write_model_folder(
+    tmp: Path, model, *, source: str, weights_key: str | None, released, official: bool, model_id: str
+) -> None:
     from transformers_vmamba import default_image_processor
     from model_card import build_model_card
 
@@ -210,6 +212,7 @@ def write_model_folder(tmp: Path, model, *, source: str, weights_key: str | None
         source=source,
         weights_key=weights_key or "state dict",
         released=released,
+        official=official,
     )
     card.save(tmp / "README.md")
 
@@ -250,10 +253,13 @@ def convert(
     check_output_target(output, overwrite)
 
     path, source = resolve_checkpoint(args, released)
-    card_release = released if released is not None else released_for_source(source)
+    recognised = released_for_source(source)  # the authors' own file, by URL or file name
+    if released is not None and recognised is not None and recognised is not released:
+        raise ConversionError(f"{source} is the released file of {recognised.name}, not of {released.name}")
+    card_release = released or recognised
     raw = load_checkpoint(path)
     key = choose_weights_key(raw, weights_key, card_release)
-    model = build_model(raw, key, released.name if released else (card_release.name if card_release else None))
+    model = build_model(raw, key, card_release.name if card_release else None)
     del raw
     if model.config.num_labels == 1000:
         labels = imagenet_labels()
@@ -265,7 +271,13 @@ def convert(
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         write_model_folder(
-            tmp, model, source=source, weights_key=key, released=card_release, model_id=repo_id or output.name
+            tmp,
+            model,
+            source=source,
+            weights_key=key,
+            released=card_release,
+            official=recognised is not None,
+            model_id=repo_id or output.name,
         )
         max_abs_diff = verify_folder(tmp, model)
         check_output_target(output, overwrite)
@@ -310,9 +322,10 @@ def upload_to_hub(folder: Path, repo_id: str, *, api=None, private: bool = False
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Known model names: " + ", ".join(RELEASED_MODELS)
-        + ". Exit status: 0 on success, 1 on a conversion error, 2 on a usage error.",
+        description=__doc__.split("\n\nExamples:")[0],
+        epilog="Examples:" + __doc__.split("Examples:")[1]
+        + "\nKnown model names: " + ", ".join(RELEASED_MODELS)
+        + "\nExit status: 0 on success, 1 on a conversion error, 2 on a usage error.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

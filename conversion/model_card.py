@@ -19,14 +19,15 @@ def build_model_card(
     source: str,
     weights_key: str,
     released: ReleasedModel | None = None,
+    official: bool = False,
 ) -> ModelCard:
     """Published metrics go into the card only when these exact weights are the ones the authors measured.
 
-    `released` is the release these weights came from and `weights_key` the entry converted; when the
-    key is not the one the published accuracy was measured with, the card says so and claims no metric.
+    `released` names the architecture; `official` says the file is the authors' release itself (recognised by its
+    URL or file name), and `weights_key` is the entry converted. Other weights get the facts but no metric.
     """
     is_imagenet = num_labels == 1000
-    measured = released is not None and weights_key == released.default_weights_key
+    measured = released is not None and official and weights_key == released.default_weights_key
     eval_results = None
     if measured:
         eval_results = [
@@ -61,9 +62,15 @@ def build_model_card(
             f"- Parameters: {num_parameters / 1e6:.2f}M; FLOPs (224x224, as published): {released.flops}",
             f"- Published ImageNet-1k top-1 (224x224): {released.top1}% "
             f"([original results table]({PERFORMANCE_TABLE_URL}))",
-            f"- Source checkpoint: [{released.file_name}]({released.url}), weights `{weights_key}`",
+            f"- Source checkpoint: [{released.file_name}]({released.url}), weights `{weights_key}`"
+            if official
+            else f"- Source checkpoint: `{source}` (not the authors' release file), weights `{weights_key}`",
         ]
-        if not measured:
+        if not official:
+            facts.append(
+                f"- Note: these weights are not the released checkpoint, so its published accuracy does not apply."
+            )
+        elif not measured:
             facts.append(
                 f"- Note: the published accuracy was measured with the `{released.default_weights_key}` weights; "
                 f"this conversion holds `{weights_key}`, so no metric is claimed for it."
@@ -80,7 +87,7 @@ def build_model_card(
     )
     facts.append(f"- Paper: [VMamba: Visual State Space Model]({PAPER_URL})")
 
-    origin = "the original authors' released weights" if released else "weights from an original-format VMamba checkpoint"
+    origin = "the original authors' released weights" if official else "weights from an original-format VMamba checkpoint"
     labels_note = (
         "It predicts the 1000 ImageNet-1k classes."
         if is_imagenet

@@ -122,6 +122,7 @@ def test_model_card_metadata_claims_published_metric_only_for_the_measured_weigh
         source=released.url,
         weights_key="model_ema",
         released=released,
+        official=True,
     )
     data = ModelCard(str(card)).data  # round-trip through the YAML header
     assert data.license == "mit" and data.library_name == "transformers"
@@ -135,10 +136,16 @@ def test_model_card_metadata_claims_published_metric_only_for_the_measured_weigh
         assert needle in text
 
     other_key = build_model_card(
-        model_id="x", num_labels=1000, num_parameters=1, source="f.pth", weights_key="model", released=released
+        model_id="x", num_labels=1000, num_parameters=1, source="f.pth", weights_key="model", released=released,
+        official=True,
     )
     assert ModelCard(str(other_key)).data.eval_results is None
     assert "no metric is claimed" in str(other_key)
+    not_the_release = build_model_card(
+        model_id="x", num_labels=1000, num_parameters=1, source="mine.pth", weights_key="model_ema", released=released
+    )
+    assert ModelCard(str(not_the_release)).data.eval_results is None
+    assert "does not apply" in str(not_the_release) and "mine.pth" in str(not_the_release)
     small = build_model_card(model_id="x", num_labels=10, num_parameters=1, source="f.pth", weights_key="model")
     assert ModelCard(str(small)).data.eval_results is None and ModelCard(str(small)).data.datasets is None
 
@@ -186,3 +193,345 @@ def test_download_streams_into_cache_and_reuses_it(http_server, tmp_path):
     with pytest.raises(cli.ConversionError, match="download of .* failed"):
         cli.download_checkpoint(f"{base}/missing.pth", tmp_path / "cache")
     assert not any(p.name.endswith(".incomplete") for p in (tmp_path / "cache").rglob("*"))
+
+
+def test_convert_all_dry_run_lists_the_plan(tmp_path, capsys):
+    import convert_all
+
+    local = tmp_path / "downloads"
+    local.mkdir()
+    (local / get_released_model("vmamba-tiny-s1l8").file_name).write_bytes(b"")
+    assert convert_all.main(
+        ["--output-root", str(tmp_path / "out"), "--checkpoint-dir", str(local), "--dry-run", "--push-to-hub",
+         "--hub-org", "org"]
+    ) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 9
+    for line, model in zip(lines, RELEASED_MODELS.values()):
+        source = str(local / model.file_name) if model.name == "vmamba-tiny-s1l8" else model.url
+        assert line == (
+            f"{model.name}: {source} [{model.default_weights_key}] -> {tmp_path / 'out' / model.name}"
+            f" -> hub org/{model.name}"
+        )
+    assert not (tmp_path / "out").exists()
+    assert convert_all.main(["--output-root", str(tmp_path), "--models", "vmamba-huge", "--dry-run"]) == 1
+    assert "known names" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixture checkpoints made by the original code, converted through the command line.
+
+
+@pytest.fixture(scope="module")
+def converted_fixtures(tmp_path_factory, http_server):
+    """Run every (fixture, weights key) conversion as a user would, two processes at a time.
+
+    The default key is left to the converter (and checked); the other key is asked for. One checkpoint is
+    fetched over HTTP from the loopback server to exercise the download path end to end."""
+    root = tmp_path_factory.mktemp("converted")
+    served, base, _ = http_server
+    (served / "v2_s2l_ln2d.pth").write_bytes((FIXTURES / "v2_s2l_ln2d" / "checkpoint.pth").read_bytes())
+    jobs = {}
+    for name, key in FIXTURE_CASES:
+        output = root / f"{name}-{key}"
+        default = fixture_config(name)["checkpoint"]["default_weights_key"]
+        args = ["--checkpoint", FIXTURES / name / "checkpoint.pth", "--output", output]
+        if key != default:
+            args += ["--weights-key", key]
+        elif name == "v2_s2l_ln2d":
+            args = ["--checkpoint", f"{base}/v2_s2l_ln2d.pth", "--cache-dir", root / "cache", "--output", output]
+        jobs[(name, key)] = (output, args)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(jobs, pool.map(lambda job: run_cli(*job[1]), jobs.values())))
+    return {case: (jobs[case][0], results[case]) for case in jobs}
+
+
+def load_inputs() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(FIXTURES / "inputs.safetensors")
+
+
+@pytest.mark.parametrize("name,key", FIXTURE_CASES)
+def test_cli_converts_fixture_and_reproduces_original_logits(converted_fixtures, name, key):
+    import transformers_vmamba  # noqa: F401  (registers the local classes)
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    output, result = converted_fixtures[(name, key)]
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    files = {p.name for p in output.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= files
+    config = json.loads((output / "config.json").read_text())
+    assert config["model_type"] == "vmamba"
+    assert {"AutoConfig", "AutoModelForImageClassification"} <= set(config["auto_map"])
+    assert {ref.split(".")[0] + ".py" for ref in config["auto_map"].values()} <= files
+    assert config["id2label"] == {str(i): f"LABEL_{i}" for i in range(10)}
+    assert f"weights `{key}`" in (output / "README.md").read_text()
+
+    model = AutoModelForImageClassification.from_pretrained(output).eval()
+    expected = load_file(FIXTURES / name / f"expected_{key}_float32.safetensors")
+    for case, pixel_values in load_inputs().items():
+        with torch.no_grad():
+            logits = model(pixel_values=pixel_values).logits
+        torch.testing.assert_close(logits, expected[f"{case}/logits"], atol=1e-4, rtol=1e-4, msg=f"{name}/{key}/{case}")
+
+
+def test_converted_folder_loads_with_remote_code_alone(converted_fixtures):
+    """The flat modelling files in the folder must run on their own (Hub users without the package)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    output, result = converted_fixtures[("v2v_s1l_ln2d", "model_ema")]
+    assert result.returncode == 0, result.stderr
+    model = AutoModelForImageClassification.from_pretrained(output, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    pixel_values = load_inputs()["nonsquare_64x96"]
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+    expected = load_file(FIXTURES / "v2v_s1l_ln2d" / "expected_model_ema_float32.safetensors")["nonsquare_64x96/logits"]
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def real_image():
+    """A real photograph shipped inside scikit-learn (CC-BY, see sklearn/datasets/images/README.txt)."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "images" / "china.jpg"
+    return Image.open(path).convert("RGB")
+
+
+def check_pipeline_agrees_with_model(folder: Path, top_k: int = 3) -> list[dict]:
+    """The pipeline's top labels and scores must be the model's own softmax top-k on the processed image."""
+    import transformers_vmamba  # noqa: F401
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    image = real_image()
+    classifier = pipeline("image-classification", model=str(folder), top_k=top_k)
+    predictions = classifier(image)
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    inputs = processor(images=image, return_tensors="pt")
+    assert inputs["pixel_values"].shape[-2:] == (224, 224)
+    with torch.no_grad():
+        probabilities = model(**inputs).logits.softmax(-1)[0]
+    scores, indices = probabilities.topk(top_k)
+    assert [p["label"] for p in predictions] == [model.config.id2label[int(i)] for i in indices]
+    torch.testing.assert_close(torch.tensor([p["score"] for p in predictions]), scores, atol=1e-5, rtol=1e-4)
+    return predictions
+
+
+@pytest.mark.parametrize("name,key", [("v0_vanilla", "model"), ("v2_s2l_ln2d", "model_ema")])
+def test_pipeline_on_a_real_image_matches_the_model(converted_fixtures, name, key):
+    output, result = converted_fixtures[(name, key)]
+    assert result.returncode == 0, result.stderr
+    predictions = check_pipeline_agrees_with_model(output)
+    assert all(p["label"].startswith("LABEL_") for p in predictions)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Full-size layouts of the nine released models.
+
+
+def manifest_state_dict(builder: str, fill=None) -> dict[str, torch.Tensor]:
+    """Exactly the released keys and shapes. Without `fill` the tensors are left uninitialised (cheap: only the
+    layout is checked)."""
+    manifest = json.loads((FIXTURES / "manifests" / f"{builder}.json").read_text())
+    if fill is None:
+        return {key: torch.empty(shape) for key, shape in manifest["state_dict"].items()}
+    return {key: fill(shape) for key, shape in manifest["state_dict"].items()}
+
+
+@pytest.mark.parametrize("name", list(RELEASED_MODELS))
+def test_full_size_manifest_maps_without_missing_or_unexpected_keys(name):
+    from transformers_vmamba import VMambaConfig, VMambaForImageClassification
+    from transformers_vmamba.configuration_vmamba import ARCHITECTURE_FIELDS
+    from transformers_vmamba.original_checkpoint import convert_original_state_dict, infer_config_from_state_dict
+
+    released = RELEASED_MODELS[name]
+    state_dict = manifest_state_dict(released.builder)
+    config = infer_config_from_state_dict(state_dict)
+    reference = VMambaConfig.from_variant(name)
+    for field in ARCHITECTURE_FIELDS:
+        assert getattr(config, field) == getattr(reference, field), field
+    assert config.num_labels == 1000
+
+    converted = convert_original_state_dict(state_dict)
+    with torch.device("meta"):
+        model = VMambaForImageClassification(config)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    actual = {key: tuple(value.shape) for key, value in converted.items()}
+    assert sorted(set(expected) - set(actual)) == [], "missing"
+    assert sorted(set(actual) - set(expected)) == [], "unexpected"
+    assert actual == expected
+    assert sum(p.numel() for p in model.parameters()) == released.num_parameters
+
+
+def test_smallest_full_size_model_converts_end_to_end(tmp_path):
+    """Vanilla-VMamba-T at full size through the command line: 1000 ImageNet labels, card, self-check, pipeline."""
+    generator = torch.Generator().manual_seed(0)
+    state_dict = manifest_state_dict(
+        "vanilla_vmamba_tiny", fill=lambda shape: torch.randn(shape, generator=generator) * 0.02
+    )
+    checkpoint = tmp_path / "random_vanilla_tiny.pth"
+    torch.save({"model": state_dict, "epoch": 0, "max_accuracy": 0.0}, checkpoint)
+    del state_dict
+    output = tmp_path / "out" / "vanilla-vmamba-tiny"
+    result = run_cli("--checkpoint", checkpoint, "--model", "vanilla_vmamba_tiny", "--output", output)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((output / "config.json").read_text())
+    labels = json.loads(cli.LABELS_FILE.read_text())["labels"]
+    assert config["id2label"] == {str(i): label for i, label in enumerate(labels)}
+    card = (output / "README.md").read_text()
+    assert "Vanilla-VMamba-T" in card and "does not apply" in card and "model-index" not in card
+    predictions = check_pipeline_agrees_with_model(output, top_k=5)
+    assert all(p["label"] in labels for p in predictions)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad inputs: one clear line, exit status 1, nothing left behind.
+
+
+def write_checkpoint(path: Path, **entries) -> Path:
+    torch.save(entries, path)
+    return path
+
+
+def plain_fixture_state_dict(name: str = "v0_vanilla", key: str = "model") -> dict:
+    return torch.load(FIXTURES / name / "checkpoint.pth", map_location="cpu", weights_only=True)[key]
+
+
+def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    good = FIXTURES / "v0_vanilla" / "checkpoint.pth"
+    data = good.read_bytes()
+    (tmp / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp / "garbage.pth").write_bytes(b"this is not a checkpoint\n" * 100)
+    state_dict = plain_fixture_state_dict()
+    missing = dict(state_dict)
+    missing.pop("layers.1.blocks.0.op.A_logs")
+    extra = dict(state_dict, **{"layers.0.blocks.0.op.surprise": torch.zeros(3)})
+    return {
+        "truncated file": (["--checkpoint", tmp / "truncated.pth"], r"truncated|corrupt"),
+        "not a checkpoint": (["--checkpoint", tmp / "garbage.pth"], r"truncated|corrupt"),
+        "missing file": (["--checkpoint", tmp / "nowhere.pth"], r"not found"),
+        "unknown model name": (
+            ["--model", "vmamba-huge"], r"unknown model name 'vmamba-huge'; known names: vanilla-vmamba-tiny, .*vmamba-base-s1l20"
+        ),
+        "wrong family": (["--checkpoint", good, "--model", "vmamba-tiny-s2l5"], r"vmamba-tiny-s2l5"),
+        "wrong size": (
+            ["--checkpoint", FIXTURES / "v2_s2l_ln2d" / "checkpoint.pth", "--model", "vmamba-tiny-s2l5"],
+            r"vmamba-tiny-s2l5",
+        ),
+        "missing keys": (
+            ["--checkpoint", write_checkpoint(tmp / "missing.pth", model=missing)], r"(?i)missing.*A_logs"
+        ),
+        "extra keys": (["--checkpoint", write_checkpoint(tmp / "extra.pth", model=extra)], r"(?i)unexpected.*surprise"),
+        "absent weights key": (["--checkpoint", good, "--weights-key", "model_ema"], r"no 'model_ema' weights"),
+        "detection backbone checkpoint": (["--checkpoint", FIXTURES / "backbone_v2_ln_mmseg" / "checkpoint.pth"], r"."),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["truncated file", "not a checkpoint", "missing file", "unknown model name", "wrong family", "wrong size",
+     "missing keys", "extra keys", "absent weights key", "detection backbone checkpoint"],
+)
+def test_bad_input_gives_one_clear_line_and_leaves_nothing(case, tmp_path, capsys):
+    import re
+
+    args, pattern = bad_input_cases(tmp_path)[case]
+    output = tmp_path / "out" / "model"
+    code = cli.main([*map(str, args), "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists(), "output (or its parent) left behind"
+
+
+def test_bad_input_from_a_real_process(tmp_path):
+    data = (FIXTURES / "v2_s2l_ln2d" / "checkpoint.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) * 3 // 4])
+    output = tmp_path / "model"
+    result = run_cli("--checkpoint", tmp_path / "cut.pth", "--output", output)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert_clean_failure(tmp_path, output)
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path, capsys):
+    output = tmp_path / "model"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    checkpoint = str(FIXTURES / "v0_vanilla" / "checkpoint.pth")
+    assert cli.main(["--checkpoint", checkpoint, "--output", str(output)]) == 1
+    assert "already exists" in capsys.readouterr().err and (output / "keep.txt").read_text() == "mine"
+    assert cli.main(["--checkpoint", checkpoint, "--output", str(output), "--overwrite"]) == 0
+    assert not (output / "keep.txt").exists() and (output / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_usage_errors_exit_2(capsys):
+    for argv in (["--output", "x"], ["--model", "vmamba-tiny-s1l8"],
+                 ["--model", "vmamba-tiny-s1l8", "--output", "x", "--push-to-hub"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+    assert "--push-to-hub needs --repo-id" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Upload path, without the network.
+
+
+class FakeHfApi:
+    """Records what would be sent to the Hub."""
+
+    calls: list = []
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHfApi.calls.append(("create_repo", repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        card = Path(folder_path, "README.md").read_text()
+        FakeHfApi.calls.append(("upload_folder", repo_id, dict(kwargs, files=files, card=card)))
+
+
+def test_push_to_hub_uploads_the_converted_folder(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+
+    FakeHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    output = tmp_path / "vmamba-test"
+    code = cli.main(
+        ["--checkpoint", str(FIXTURES / "v2_s2l_ln" / "checkpoint.pth"), "--output", str(output), "--push-to-hub",
+         "--repo-id", "some-org/vmamba-test"]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "uploaded to https://huggingface.co/some-org/vmamba-test" in capsys.readouterr().out
+    (create, upload) = FakeHfApi.calls
+    assert create[:2] == ("create_repo", "some-org/vmamba-test") and create[2]["exist_ok"] is True
+    assert upload[:2] == ("upload_folder", "some-org/vmamba-test") and upload[2]["repo_type"] == "model"
+    assert upload[2]["files"] == sorted(p.name for p in output.iterdir())
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(upload[2]["files"])
+    assert any(name.startswith("modeling_") and name.endswith(".py") for name in upload[2]["files"])
+    data = ModelCard(upload[2]["card"]).data
+    assert data.library_name == "transformers" and data.license == "mit" and "vmamba" in data.tags
+    assert 'model="some-org/vmamba-test"' in upload[2]["card"]
+
+    FakeHfApi.calls = []
+    with pytest.raises(cli.ConversionError, match="not a converted model folder"):
+        cli.upload_to_hub(tmp_path, "some-org/x", api=FakeHfApi())
+    assert FakeHfApi.calls == []
