@@ -35,6 +35,7 @@ WEIGHTS_KEYS = ("model", "model_ema")
 LABELS_FILE = Path(__file__).resolve().parent / "imagenet1k_labels.json"
 EXPECTED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 VERIFY_INPUT_SHAPE = (1, 3, 64, 64)
+VERIFY_TOLERANCE = 1e-5
 
 
 class ConversionError(ValueError):
@@ -110,18 +111,23 @@ def released_for_source(source: str) -> ReleasedModel | None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    from transformers_vmamba.original_checkpoint import OriginalCheckpointError, load_original_checkpoint
+    """Safe load (weights_only, inert stand-ins for pickled classes) by the package; any failure is one message."""
+    from transformers_vmamba import load_original_checkpoint
 
     try:
         checkpoint = load_original_checkpoint(path)
-    except OriginalCheckpointError:
-        raise
     except Exception as error:
         raise ConversionError(
             f"cannot read {path}: not a readable PyTorch checkpoint (corrupt or truncated file?): {one_line(error)}"
         ) from error
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict or state dict")
+    state_dict = checkpoint.get("state_dict")
+    if isinstance(state_dict, dict) and any(str(key).startswith("backbone.") for key in state_dict):
+        raise ConversionError(
+            f"{path} is a detection/segmentation checkpoint (mmengine layout, 'backbone.*' keys); "
+            "this converter handles the original classification checkpoints"
+        )
     return checkpoint
 
 
@@ -178,12 +184,16 @@ def verify_folder(folder: Path, model) -> float:
         raise ConversionError(f"verification failed: the written folder lacks {', '.join(missing)}")
 
     saved = load_file(folder / "model.safetensors")
-    expected = {name: tensor for name, tensor in model.state_dict().items()}
+    expected = model.state_dict()
     if set(saved) != set(expected):
         raise ConversionError(
             f"verification failed: saved tensors differ from the model's "
             f"(missing {sorted(set(expected) - set(saved))[:3]}, extra {sorted(set(saved) - set(expected))[:3]})"
         )
+    changed = [name for name, tensor in expected.items() if not torch.equal(saved[name], tensor)]
+    if changed:
+        raise ConversionError(f"verification failed: saved weights differ from the converted ones: {changed[:3]}")
+
     reloaded = VMambaForImageClassification.from_pretrained(folder).eval()
     model.eval()
     generator = torch.Generator().manual_seed(0)
@@ -191,8 +201,12 @@ def verify_folder(folder: Path, model) -> float:
     with torch.no_grad():
         reference = model(pixel_values=pixel_values).logits
         actual = reloaded(pixel_values=pixel_values).logits
+    if not torch.isfinite(reference).all():
+        raise ConversionError("verification failed: the converted model gives non-finite logits")
     max_abs_diff = (reference - actual).abs().max().item()
-    if not torch.isfinite(reference).all() or not torch.equal(reference, actual):
+    # Weights are bit-identical (checked above); the forward pass may still differ in the last bits because
+    # CPU kernels pick code paths by memory alignment, so allow float32 rounding noise and nothing more.
+    if max_abs_diff > VERIFY_TOLERANCE * max(1.0, reference.abs().max().item()):
         raise ConversionError(f"verification failed: reloaded model's logits differ (max |diff| {max_abs_diff:.3g})")
     return max_abs_diff
 
@@ -200,10 +214,10 @@ def verify_folder(folder: Path, model) -> float:
 def write_model_folder(
     tmp: Path, model, *, source: str, weights_key: str | None, released, official: bool, model_id: str
 ) -> None:
-    from transformers_vmamba import default_image_processor
     from model_card import build_model_card
+    from transformers_vmamba import default_image_processor
 
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp)
     default_image_processor().save_pretrained(tmp)
     card = build_model_card(
         model_id=model_id,
@@ -215,6 +229,15 @@ def write_model_folder(
         official=official,
     )
     card.save(tmp / "README.md")
+
+
+def make_world_readable(folder: Path) -> None:
+    """mkdtemp (and the safetensors writer) create owner-only entries; give the result the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def install_atomically(tmp: Path, output: Path) -> None:
@@ -245,6 +268,8 @@ def convert(
     repo_id: str | None = None,
 ) -> ConversionResult:
     """Convert one checkpoint into `output`; nothing is left behind when anything fails."""
+    from transformers.utils import logging as transformers_logging
+
     args = argparse.Namespace(checkpoint=checkpoint, cache_dir=cache_dir or default_cache_dir())
     released = get_released_model(model_name) if model_name else None
     if checkpoint is None and released is None:
@@ -270,6 +295,7 @@ def convert(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
+        transformers_logging.disable_progress_bar()  # keep stderr for the download bar and errors
         write_model_folder(
             tmp,
             model,
@@ -280,6 +306,7 @@ def convert(
             model_id=repo_id or output.name,
         )
         max_abs_diff = verify_folder(tmp, model)
+        make_world_readable(tmp)
         check_output_target(output, overwrite)
         install_atomically(tmp, output)
     except BaseException:
@@ -392,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"converted {result.weights_key} weights ({result.num_parameters:,} parameters) into {result.output_dir}; "
-            f"reloaded folder reproduces the converted model's logits exactly"
+            f"reloaded folder has identical weights and logits within {result.max_abs_diff:.1g}"
         )
         if args.push_to_hub:
             url = upload_to_hub(result.output_dir, args.repo_id, private=args.private)
