@@ -375,6 +375,77 @@ def test_pipeline_on_a_real_image_matches_the_model(converted_fixtures, name, ke
     assert all(p["label"].startswith("LABEL_") for p in predictions)
 
 
+def test_older_key_names_and_1x1_conv_linears_convert_to_the_same_logits(tmp_path):
+    """Checkpoints of earlier original code versions (old names, DDP prefix, Linear weights saved as 1x1 convs)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    renames = [("patch_embed.0.", "patch_embed.proj."), ("patch_embed.2.", "patch_embed.norm."),
+               ("classifier.norm.", "norm."), ("classifier.head.", "head.")]
+    old = {}
+    for key, tensor in plain_fixture_state_dict("v0_vanilla").items():
+        for new_name, old_name in renames:
+            if key.startswith(new_name):
+                key = old_name + key[len(new_name):]
+        key = key.replace(".norm.", ".ln_1.") if ".blocks." in key else key
+        key = key.replace(".op.", ".self_attention.")
+        if key.endswith(("in_proj.weight", "out_proj.weight")):
+            tensor = tensor[:, :, None, None]
+        old["module." + key] = tensor
+    assert "module.layers.0.blocks.0.self_attention.in_proj.weight" in old and "module.head.weight" in old
+    checkpoint = write_checkpoint(tmp_path / "old.pth", model=old, epoch=1)
+    output = tmp_path / "out"
+    result = run_in_process("--checkpoint", checkpoint, "--output", output)
+    assert result.returncode == 0, result.stderr
+    model = AutoModelForImageClassification.from_pretrained(output).eval()
+    expected = load_file(FIXTURES / "v0_vanilla" / "expected_model_float32.safetensors")["odd_72x40/logits"]
+    with torch.no_grad():
+        logits = model(pixel_values=load_inputs()["odd_72x40"]).logits
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_model_name_alone_fetches_the_release_url(tmp_path, monkeypatch, capsys):
+    """`--model NAME` without --checkpoint downloads the registry's URL (download stubbed: no network here); the
+    stand-in file is a small fixture, so the size check must then refuse it and leave nothing behind."""
+    fetched = []
+
+    def fake_download(url, cache_dir):
+        fetched.append((url, cache_dir))
+        return FIXTURES / "v2_s2l_ln2d" / "checkpoint.pth"
+
+    monkeypatch.setattr(cli, "download_checkpoint", fake_download)
+    output = tmp_path / "out"
+    code = cli.main(["--model", "vmamba-tiny-s2l5", "--output", str(output), "--cache-dir", str(tmp_path / "c")])
+    assert fetched == [(get_released_model("vmamba-tiny-s2l5").url, tmp_path / "c")]
+    assert code == 1 and "does not match variant 'vmamba-tiny-s2l5'" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_convert_all_converts_each_pushes_and_reports_failures(tmp_path, monkeypatch, capsys):
+    import convert_all
+
+    converted, pushed = [], []
+
+    def fake_convert(*, output, checkpoint, model_name, **kwargs):
+        if model_name == "vmamba-small-s2l15":
+            raise cli.ConversionError("simulated failure")
+        output.mkdir(parents=True)
+        converted.append((model_name, checkpoint, kwargs["repo_id"]))
+        return cli.ConversionResult(output, "model_ema", 1, None, 0.0)
+
+    monkeypatch.setattr(convert_all.converter, "convert", fake_convert)
+    monkeypatch.setattr(convert_all.converter, "upload_to_hub", lambda folder, repo_id, **kw: pushed.append(repo_id))
+    code = convert_all.main(["--output-root", str(tmp_path), "--models", "vmamba-tiny-s2l5", "vmamba_small_s2l15",
+                             "vanilla-vmamba-base", "--push-to-hub", "--hub-org", "org"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert [name for name, _, _ in converted] == ["vmamba-tiny-s2l5", "vanilla-vmamba-base"]
+    assert converted[0][1] == get_released_model("vmamba-tiny-s2l5").url and converted[0][2] == "org/vmamba-tiny-s2l5"
+    assert pushed == ["org/vmamba-tiny-s2l5", "org/vanilla-vmamba-base"]
+    assert "error: vmamba-small-s2l15: simulated failure" in captured.err
+    assert "2 of 3 converted; failed: vmamba-small-s2l15" in captured.out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Full-size layouts of the nine released models.
 
@@ -414,7 +485,8 @@ def test_full_size_manifest_maps_without_missing_or_unexpected_keys(name):
 
 
 def test_smallest_full_size_model_converts_end_to_end(tmp_path):
-    """Vanilla-VMamba-T at full size through the command line: 1000 ImageNet labels, card, self-check, pipeline."""
+    """Vanilla-VMamba-T at full size through the command-line entry point: 1000 ImageNet labels, card, self-check,
+    pipeline. (In-process `main`: the fixture conversions above already cover separate processes.)"""
     generator = torch.Generator().manual_seed(0)
     state_dict = manifest_state_dict(
         "vanilla_vmamba_tiny", fill=lambda shape: torch.randn(shape, generator=generator) * 0.02
@@ -423,7 +495,7 @@ def test_smallest_full_size_model_converts_end_to_end(tmp_path):
     torch.save({"model": state_dict, "epoch": 0, "max_accuracy": 0.0}, checkpoint)
     del state_dict
     output = tmp_path / "out" / "vanilla-vmamba-tiny"
-    result = run_cli("--checkpoint", checkpoint, "--model", "vanilla_vmamba_tiny", "--output", output)
+    result = run_in_process("--checkpoint", checkpoint, "--model", "vanilla_vmamba_tiny", "--output", output)
     assert result.returncode == 0, result.stderr
     config = json.loads((output / "config.json").read_text())
     labels = json.loads(cli.LABELS_FILE.read_text())["labels"]
