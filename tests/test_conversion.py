@@ -592,6 +592,26 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_failure_after_writing_leaves_no_trace_and_keeps_the_old_folder(tmp_path, monkeypatch, capsys):
+    def broken_verify(folder, model):
+        assert (folder / "model.safetensors").is_file()  # the failure happens with files already written
+        raise cli.ConversionError("verification failed: simulated")
+
+    monkeypatch.setattr(cli, "verify_folder", broken_verify)
+    checkpoint = str(FIXTURES / "v2_s2l_ln" / "checkpoint.pth")
+    fresh = tmp_path / "new" / "deeper" / "model"
+    assert cli.main(["--checkpoint", checkpoint, "--output", str(fresh)]) == 1
+    assert "error: verification failed: simulated" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # temp folder and the parents it made are gone
+
+    existing = tmp_path / "model"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    assert cli.main(["--checkpoint", checkpoint, "--output", str(existing), "--overwrite"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+
+
 def test_usage_errors_exit_2(capsys):
     for argv in (["--output", "x"], ["--model", "vmamba-tiny-s1l8"],
                  ["--model", "vmamba-tiny-s1l8", "--output", "x", "--push-to-hub"]):
