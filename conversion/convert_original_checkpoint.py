@@ -89,13 +89,13 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def resolve_checkpoint(args: argparse.Namespace, released: ReleasedModel | None) -> tuple[Path, str]:
+def resolve_checkpoint(checkpoint: str | None, released: ReleasedModel | None, cache_dir: Path) -> tuple[Path, str]:
     """Return the local file and how the model card should name its source."""
-    if args.checkpoint is None:
-        return download_checkpoint(released.url, args.cache_dir), released.url
-    if is_url(args.checkpoint):
-        return download_checkpoint(args.checkpoint, args.cache_dir), args.checkpoint
-    path = Path(args.checkpoint).expanduser()
+    if checkpoint is None:
+        return download_checkpoint(released.url, cache_dir), released.url
+    if is_url(checkpoint):
+        return download_checkpoint(checkpoint, cache_dir), checkpoint
+    path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise ConversionError(f"checkpoint file not found: {path}")
     return path, path.name
@@ -270,14 +270,13 @@ def convert(
     """Convert one checkpoint into `output`; nothing is left behind when anything fails."""
     from transformers.utils import logging as transformers_logging
 
-    args = argparse.Namespace(checkpoint=checkpoint, cache_dir=cache_dir or default_cache_dir())
     released = get_released_model(model_name) if model_name else None
     if checkpoint is None and released is None:
         raise ConversionError("give --checkpoint PATH_OR_URL, --model NAME, or both")
     output = Path(output).expanduser().absolute()
     check_output_target(output, overwrite)
 
-    path, source = resolve_checkpoint(args, released)
+    path, source = resolve_checkpoint(checkpoint, released, cache_dir or default_cache_dir())
     recognised = released_for_source(source)  # the authors' own file, by URL or file name
     if released is not None and recognised is not None and recognised is not released:
         raise ConversionError(f"{source} is the released file of {recognised.name}, not of {released.name}")
