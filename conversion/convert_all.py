@@ -39,16 +39,24 @@ def plan(args: argparse.Namespace) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-root", type=Path, required=True, help="each model goes to OUTPUT_ROOT/<name>")
-    parser.add_argument("--models", nargs="+", metavar="NAME", help=f"subset to convert (default: all of {', '.join(RELEASED_MODELS)})")
     parser.add_argument(
-        "--checkpoint-dir", type=Path, help="folder with already downloaded release files (used when the file name matches)"
+        "--models", nargs="+", metavar="NAME", help=f"subset to convert (default: all of {', '.join(RELEASED_MODELS)})"
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="folder with already downloaded release files (used when the file name matches)",
     )
     parser.add_argument("--weights-key", choices=converter.WEIGHTS_KEYS, help="override each model's default weights")
     parser.add_argument("--cache-dir", type=Path, help="download cache (see convert_original_checkpoint.py --help)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output folders")
-    parser.add_argument("--skip-existing", action="store_true", help="leave existing output folders alone (still pushed)")
+    parser.add_argument(
+        "--skip-existing", action="store_true", help="leave existing output folders alone (still pushed)"
+    )
     parser.add_argument("--push-to-hub", action="store_true", help="upload each folder to HUB_ORG/<name>")
     parser.add_argument("--hub-org", metavar="ORG", help="Hub user or organisation for --push-to-hub")
     parser.add_argument("--private", action="store_true", help="create the Hub repositories as private")
@@ -95,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(step["name"])
             print(f"error: {step['name']}: {converter.one_line(error)}", file=sys.stderr)
         gc.collect()
-    print(f"{len(steps) - len(failures)} of {len(steps)} converted" + (f"; failed: {', '.join(failures)}" if failures else ""))
+    summary = f"{len(steps) - len(failures)} of {len(steps)} converted"
+    print(summary + (f"; failed: {', '.join(failures)}" if failures else ""))
     return 1 if failures else 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from released_models import RELEASED_MODELS, ReleasedModel, UnknownModelError, get_released_model  # noqa: E402
+from released_models import RELEASED_MODELS, ReleasedModel, get_released_model  # noqa: E402
 
 
 WEIGHTS_KEYS = ("model", "model_ema")
@@ -125,8 +125,8 @@ def load_checkpoint(path: Path) -> dict:
     state_dict = checkpoint.get("state_dict")
     if isinstance(state_dict, dict) and any(str(key).startswith("backbone.") for key in state_dict):
         raise ConversionError(
-            f"{path} is a detection/segmentation checkpoint (mmengine layout, 'backbone.*' keys); "
-            "this converter handles the original classification checkpoints"
+            f"{path} is a detection/segmentation checkpoint (mmengine layout, 'backbone.*' keys); this command "
+            "converts classification checkpoints (for the backbone use transformers_vmamba.from_original_checkpoint)"
         )
     return checkpoint
 
@@ -137,12 +137,15 @@ def choose_weights_key(checkpoint: dict, requested: str | None, released: Releas
     available = [key for key in WEIGHTS_KEYS if isinstance(checkpoint.get(key), dict)]
     if not available:
         if requested is not None:
-            raise ConversionError(f"--weights-key {requested} given, but the checkpoint has no 'model'/'model_ema' entry")
+            raise ConversionError(
+                f"--weights-key {requested} given, but the checkpoint has no 'model'/'model_ema' entry"
+            )
         return None
     if requested is not None:
         if requested not in available:
             raise ConversionError(
-                f"--weights-key {requested}: the checkpoint has no {requested!r} weights (it has: {', '.join(available)})"
+                f"--weights-key {requested}: the checkpoint has no {requested!r} weights "
+                f"(it has: {', '.join(available)})"
             )
         return requested
     if released is not None and released.default_weights_key in available:
@@ -161,11 +164,33 @@ def check_output_target(output: Path, overwrite: bool) -> None:
         raise ConversionError(f"output {output} exists and is not a folder")
 
 
-def build_model(checkpoint: dict, weights_key: str | None, variant: str | None):
-    from transformers_vmamba import from_original_checkpoint
+def checkpoint_family(config) -> str:
+    """The released family a config belongs to, in the names the registry uses."""
+    if config.ssm_gate:
+        return "v0"
+    return "v2v" if config.ssm_expansion_ratio == 1.0 else "v2"
+
+
+def build_model(checkpoint: dict, weights_key: str | None, released: ReleasedModel | None):
+    """`from_original_checkpoint` does the mapping and every check; a mismatch with the named release gets a short
+    summary (family, sizes) in front of the package's field-by-field list."""
+    from transformers_vmamba import from_original_checkpoint, infer_config_from_state_dict
+    from transformers_vmamba.original_checkpoint import OriginalCheckpointError, select_weights
 
     state_or_checkpoint = checkpoint if weights_key is None else {weights_key: checkpoint[weights_key]}
-    return from_original_checkpoint(state_or_checkpoint, variant=variant, weights_key=weights_key)
+    try:
+        return from_original_checkpoint(
+            state_or_checkpoint, variant=released.name if released else None, weights_key=weights_key
+        )
+    except OriginalCheckpointError as error:
+        if released is None or "does not match variant" not in str(error):
+            raise
+        found = infer_config_from_state_dict(select_weights(state_or_checkpoint, weights_key)[0])
+        raise ConversionError(
+            f"--model {released.name} is a {released.family} model ({released.title}), but the checkpoint is a "
+            f"{checkpoint_family(found)} model with hidden sizes {found.hidden_sizes} and depths {found.depths}. "
+            f"Details: {one_line(error)}"
+        ) from error
 
 
 def verify_folder(folder: Path, model) -> float:
@@ -283,7 +308,7 @@ def convert(
     card_release = released or recognised
     raw = load_checkpoint(path)
     key = choose_weights_key(raw, weights_key, card_release)
-    model = build_model(raw, key, card_release.name if card_release else None)
+    model = build_model(raw, key, card_release)
     del raw
     if model.config.num_labels == 1000:
         labels = imagenet_labels()
@@ -429,7 +454,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, (ValueError, OSError)):
             print(f"error: {one_line(error)}", file=sys.stderr)
         else:
-            print(f"error: {type(error).__name__}: {one_line(error)} (rerun with --debug for a traceback)", file=sys.stderr)
+            print(
+                f"error: {type(error).__name__}: {one_line(error)} (rerun with --debug for a traceback)",
+                file=sys.stderr,
+            )
         return 1
     return 0
 

@@ -87,7 +87,11 @@ def build_model_card(
     )
     facts.append(f"- Paper: [VMamba: Visual State Space Model]({PAPER_URL})")
 
-    origin = "the original authors' released weights" if official else "weights from an original-format VMamba checkpoint"
+    origin = (
+        "the original authors' released weights"
+        if official
+        else "weights from an original-format VMamba checkpoint"
+    )
     labels_note = (
         "It predicts the 1000 ImageNet-1k classes."
         if is_imagenet

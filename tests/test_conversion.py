@@ -533,17 +533,26 @@ def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "not a checkpoint": (["--checkpoint", tmp / "garbage.pth"], r"truncated|corrupt"),
         "missing file": (["--checkpoint", tmp / "nowhere.pth"], r"not found"),
         "unknown model name": (
-            ["--model", "vmamba-huge"], r"unknown model name 'vmamba-huge'; known names: vanilla-vmamba-tiny, .*vmamba-base-s1l20"
+            ["--model", "vmamba-huge"],
+            r"unknown model name 'vmamba-huge'; known names: vanilla-vmamba-tiny, .*vmamba-base-s1l20",
         ),
-        "wrong family": (["--checkpoint", good, "--model", "vmamba-tiny-s2l5"], r"vmamba-tiny-s2l5"),
+        "wrong family": (
+            ["--checkpoint", good, "--model", "vmamba-tiny-s2l5"],
+            r"--model vmamba-tiny-s2l5 is a v2 model \(VMamba-T\[s2l5\]\), but the checkpoint is a v0 model",
+        ),
         "wrong size": (
             ["--checkpoint", FIXTURES / "v2_s2l_ln2d" / "checkpoint.pth", "--model", "vmamba-tiny-s2l5"],
-            r"vmamba-tiny-s2l5",
+            r"but the checkpoint is a v2 model with hidden sizes \[32, 64, 128, 256\] and depths \[1, 1, 2, 1\].*"
+            r"hidden_sizes: checkpoint has \[32, 64, 128, 256\] but vmamba-tiny-s2l5 has \[96, 192, 384, 768\]",
         ),
         "missing keys": (
-            ["--checkpoint", write_checkpoint(tmp / "missing.pth", model=missing)], r"missing keys .*stages\.2\.layers\.1\.ssm\.D\b"
+            ["--checkpoint", write_checkpoint(tmp / "missing.pth", model=missing)],
+            r"missing keys .*stages\.2\.layers\.1\.ssm\.D\b",
         ),
-        "extra keys": (["--checkpoint", write_checkpoint(tmp / "extra.pth", model=extra)], r"(?i)(unexpected|no VMamba counterpart).*surprise"),
+        "extra keys": (
+            ["--checkpoint", write_checkpoint(tmp / "extra.pth", model=extra)],
+            r"(?i)(unexpected|no VMamba counterpart).*surprise",
+        ),
         "absent weights key": (["--checkpoint", good, "--weights-key", "model_ema"], r"no 'model_ema' weights"),
         "detection backbone checkpoint": (
             ["--checkpoint", FIXTURES / "backbone_v2_ln_mmseg" / "checkpoint.pth"], r"detection/segmentation checkpoint"
