@@ -1,0 +1,150 @@
+"""Model card (README.md with Hub metadata) for a converted VMamba checkpoint."""
+
+from __future__ import annotations
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from released_models import ORIGINAL_COMMIT, ORIGINAL_REPOSITORY, PAPER_CITATION, PAPER_URL, ReleasedModel
+
+
+PERFORMANCE_TABLE_URL = f"https://github.com/{ORIGINAL_REPOSITORY}/blob/{ORIGINAL_COMMIT}/assets/performance.md"
+TAGS = ["vision", "image-classification", "vmamba", "mamba", "state-space-model", "custom_code"]
+
+
+def build_model_card(
+    *,
+    model_id: str,
+    num_labels: int,
+    num_parameters: int,
+    source: str,
+    weights_key: str,
+    released: ReleasedModel | None = None,
+    official: bool = False,
+) -> ModelCard:
+    """Published metrics go into the card only when these exact weights are the ones the authors measured.
+
+    `released` names the architecture; `official` says the file is the authors' release itself (recognised by its
+    URL or file name), and `weights_key` is the entry converted. Other weights get the facts but no metric.
+    """
+    is_imagenet = num_labels == 1000
+    measured = released is not None and official and weights_key == released.default_weights_key
+    eval_results = None
+    if measured:
+        eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type="imagenet-1k",
+                dataset_name="ImageNet-1k",
+                dataset_split="validation",
+                metric_type="accuracy",
+                metric_name="Top-1 accuracy (%)",
+                metric_value=released.top1,
+                source_name="VMamba (original repository)",
+                source_url=PERFORMANCE_TABLE_URL,
+            )
+        ]
+    data = ModelCardData(
+        license="mit",
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=list(TAGS),
+        datasets=["imagenet-1k"] if is_imagenet else None,
+        model_name=model_id.rsplit("/", 1)[-1],
+        eval_results=eval_results,
+    )
+
+    if released is not None:
+        title = f"VMamba: {released.title} (`{released.name}`), ImageNet-1k"
+        facts = [
+            f"- Architecture: VMamba {released.family} ({released.title}), original config "
+            f"`classification/configs/vssm/{released.original_config}`",
+            f"- Parameters: {num_parameters / 1e6:.2f}M; FLOPs (224x224, as published): {released.flops}",
+            f"- Published ImageNet-1k top-1 (224x224): {released.top1}% "
+            f"([original results table]({PERFORMANCE_TABLE_URL}))",
+            f"- Source checkpoint: [{released.file_name}]({released.url}), weights `{weights_key}`"
+            if official
+            else f"- Source checkpoint: `{source}` (not the authors' release file), weights `{weights_key}`",
+        ]
+        if not official:
+            facts.append(
+                f"- Note: these weights are not the released checkpoint, so its published accuracy does not apply."
+            )
+        elif not measured:
+            facts.append(
+                f"- Note: the published accuracy was measured with the `{released.default_weights_key}` weights; "
+                f"this conversion holds `{weights_key}`, so no metric is claimed for it."
+            )
+    else:
+        title = "VMamba image classifier (converted checkpoint)"
+        facts = [
+            f"- Parameters: {num_parameters:,}, {num_labels} classes",
+            f"- Source checkpoint: `{source}`, weights `{weights_key}`",
+        ]
+    facts.append(
+        f"- Original code: [{ORIGINAL_REPOSITORY}](https://github.com/{ORIGINAL_REPOSITORY}) "
+        f"at commit `{ORIGINAL_COMMIT}`"
+    )
+    facts.append(f"- Paper: [VMamba: Visual State Space Model]({PAPER_URL})")
+
+    origin = (
+        "the original authors' released weights"
+        if official
+        else "weights from an original-format VMamba checkpoint"
+    )
+    labels_note = (
+        "It predicts the 1000 ImageNet-1k classes."
+        if is_imagenet
+        else f"Its {num_labels} classes carry generic names (`LABEL_0`, ...)."
+    )
+    text = f"""---
+{data.to_yaml()}
+---
+
+# {title}
+
+VMamba is a vision backbone built from Visual State-Space (VSS) blocks: its SS2D module runs a selective
+scan (Mamba) along four routes over the feature map, which gives a global receptive field in linear time.
+This repository holds {origin}, converted to a Hugging Face Transformers model with
+`conversion/convert_original_checkpoint.py` from the transformers-vmamba project. {labels_note}
+
+{chr(10).join(facts)}
+
+## Usage
+
+The modelling code ships with the weights, so `trust_remote_code=True` is enough. With the
+`transformers_vmamba` package installed, `import transformers_vmamba` registers the model and the flag
+can be dropped.
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="{model_id}", trust_remote_code=True)
+print(classifier("https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/cats.png"))
+```
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+processor = AutoImageProcessor.from_pretrained("{model_id}")
+model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True)
+
+image = Image.open("cat.jpg").convert("RGB")
+inputs = processor(images=image, return_tensors="pt")
+with torch.no_grad():
+    logits = model(**inputs).logits
+print(model.config.id2label[logits.argmax(-1).item()])
+```
+
+The image processor reproduces the original evaluation transform: resize the short side to 256 (bicubic),
+center-crop 224x224, normalise with the ImageNet mean and standard deviation.
+
+## Citation
+
+```bibtex
+{PAPER_CITATION}
+```
+"""
+    return ModelCard(text)
