@@ -11,7 +11,8 @@ they can run, and the ops raise a ``RuntimeError`` naming the problem when they 
   layout (x (B, D, H, W), dts (B, 4, D, H, W), Bs/Cs (B, 4, N, H, W)), returning the merged (B, D, H, W) output
   without materialising the four route copies.
 
-Both are registered as ``torch.ops.vmamba.*`` ``triton_op``s, so ``torch.compile`` keeps them in the graph.
+Both are registered as ``torch.ops.vmamba.*`` custom ops with fake implementations and autograd, so
+``torch.compile`` keeps them in the graph without a break.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 # Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
 """torch.library registration of the Triton selective-scan kernels, with autograd.
 
-The ops are ``triton_op``s whose bodies launch the kernels through ``wrap_triton``, so ``torch.compile`` sees
-the kernels themselves (no graph break) and fake-tensor tracing only needs the allocation code here.
+The ops are ``torch.library.custom_op``s with fake (shape) implementations and registered autograd, so
+``torch.compile`` keeps each one in the graph as a single opaque call (no graph break). ``triton_op`` would let
+Inductor see inside, but its tracing cannot handle kernels run by Triton's interpreter, which is how the CPU
+tests exercise this exact registration.
 
 - ``vmamba::selective_scan_fwd(u, delta, A, B, C, D?, delta_bias?, delta_softplus) -> (y, chunk_states)``
 - ``vmamba::selective_scan_bwd(...) -> (du, ddelta, dA, dB, dC, dD, ddelta_bias)``
@@ -19,7 +21,6 @@ import os
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
 
 from ._triton_scan import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 
@@ -204,20 +205,22 @@ class _Geometry:
         )  # fmt: skip
 
 
-def _forward(geo: _Geometry, u, delta, A, B, C, D, delta_bias, delta_softplus, y_shape):
+def _forward(geo: _Geometry, u, delta, A, B, C, D, delta_bias, delta_softplus, y_shape, launch=True):
     acc = _acc_dtype(u, delta, A, B, C, D, delta_bias)
     # The fused layout accumulates four routes into one output, so it starts from zero.
     y = (torch.zeros if geo.cross else torch.empty)(y_shape, device=u.device, dtype=acc)
     states = geo.new_states(u.device, acc)
+    if not launch:
+        return y, states
     dummy = A
-    wrap_triton(selective_scan_fwd_kernel)[geo.grid()](
+    selective_scan_fwd_kernel[geo.grid()](
         u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy, y, states,
         *geo.scalar_args(), **geo.meta(D is not None, delta_bias is not None, delta_softplus, acc),
     )  # fmt: skip
     return y, states
 
 
-def _backward(geo: _Geometry, dy, u, delta, A, B, C, D, delta_bias, states, delta_softplus):
+def _backward(geo: _Geometry, dy, u, delta, A, B, C, D, delta_bias, states, delta_softplus, launch=True):
     acc = states.dtype
     du = (torch.zeros_like if geo.cross else torch.empty_like)(u, dtype=acc)
     ddelta = torch.empty_like(delta, dtype=acc)
@@ -227,8 +230,10 @@ def _backward(geo: _Geometry, dy, u, delta, A, B, C, D, delta_bias, states, delt
     channels = A.shape[0]
     dD = torch.zeros(channels, device=u.device, dtype=acc)
     dbias = torch.zeros(channels, device=u.device, dtype=acc)
+    if not launch:
+        return du, ddelta, dA, dB, dC, dD, dbias
     dummy = A
-    wrap_triton(selective_scan_bwd_kernel)[geo.grid()](
+    selective_scan_bwd_kernel[geo.grid()](
         u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy, dy, states,
         du, ddelta, dA, dB, dC, dD, dbias,
         *geo.scalar_args(), **geo.meta(D is not None, delta_bias is not None, delta_softplus, acc),
@@ -241,7 +246,7 @@ def _backward(geo: _Geometry, dy, u, delta, A, B, C, D, delta_bias, states, delt
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@triton_op("vmamba::selective_scan_fwd", mutates_args=())
+@torch.library.custom_op("vmamba::selective_scan_fwd", mutates_args=())
 def selective_scan_fwd(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -257,7 +262,12 @@ def selective_scan_fwd(
     return _forward(geo, u, delta, A, B, C, D, delta_bias, delta_softplus, u.shape)
 
 
-@triton_op("vmamba::selective_scan_bwd", mutates_args=())
+@selective_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    return _forward(_Geometry.plain(u, B), u, delta, A, B, C, D, delta_bias, delta_softplus, u.shape, launch=False)
+
+
+@torch.library.custom_op("vmamba::selective_scan_bwd", mutates_args=())
 def selective_scan_bwd(
     dy: torch.Tensor,
     u: torch.Tensor,
@@ -273,6 +283,11 @@ def selective_scan_bwd(
     dy, u, delta, A, B, C, D, delta_bias = map(_contiguous, (dy, u, delta, A, B, C, D, delta_bias))
     geo = _Geometry.plain(u, B)
     return _backward(geo, dy.to(states.dtype), u, delta, A, B, C, D, delta_bias, states, delta_softplus)
+
+
+@selective_scan_bwd.register_fake
+def _(dy, u, delta, A, B, C, D, delta_bias, states, delta_softplus):
+    return _backward(_Geometry.plain(u, B), dy, u, delta, A, B, C, D, delta_bias, states, delta_softplus, launch=False)
 
 
 def _setup_scan_context(ctx, inputs, output):
@@ -300,7 +315,7 @@ selective_scan_fwd.register_autograd(_scan_backward, setup_context=_setup_scan_c
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@triton_op("vmamba::ss2d_scan_fwd", mutates_args=())
+@torch.library.custom_op("vmamba::ss2d_scan_fwd", mutates_args=())
 def ss2d_scan_fwd(
     x: torch.Tensor,
     dts: torch.Tensor,
@@ -316,7 +331,12 @@ def ss2d_scan_fwd(
     return _forward(geo, x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, x.shape)
 
 
-@triton_op("vmamba::ss2d_scan_bwd", mutates_args=())
+@ss2d_scan_fwd.register_fake
+def _(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus):
+    return _forward(_Geometry.ss2d(x, Bs), x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, x.shape, launch=False)
+
+
+@torch.library.custom_op("vmamba::ss2d_scan_bwd", mutates_args=())
 def ss2d_scan_bwd(
     dout: torch.Tensor,
     x: torch.Tensor,
@@ -332,6 +352,12 @@ def ss2d_scan_bwd(
     dout, x, dts, A, Bs, Cs, D, delta_bias = map(_contiguous, (dout, x, dts, A, Bs, Cs, D, delta_bias))
     geo = _Geometry.ss2d(x, Bs)
     return _backward(geo, dout.to(states.dtype), x, dts, A, Bs, Cs, D, delta_bias, states, delta_softplus)
+
+
+@ss2d_scan_bwd.register_fake
+def _(dout, x, dts, A, Bs, Cs, D, delta_bias, states, delta_softplus):
+    geo = _Geometry.ss2d(x, Bs)
+    return _backward(geo, dout, x, dts, A, Bs, Cs, D, delta_bias, states, delta_softplus, launch=False)
 
 
 def _ss2d_backward(ctx, grad_out, grad_states):
