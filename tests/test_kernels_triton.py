@@ -179,12 +179,27 @@ def run_compile_checks() -> dict:
         ("selective_scan_fwd", torch.ops.vmamba.selective_scan_fwd.default, scan),
         ("ss2d_scan_fwd", torch.ops.vmamba.ss2d_scan_fwd.default, ss2d),
     ]:
-        values = [t.detach().requires_grad_() if t.is_floating_point() else t for t in args.values()] + [True]
+        values = [t.detach().requires_grad_() for t in args.values()] + [True, True]
         try:
             torch.library.opcheck(op, values)
             results[f"opcheck:{op_name}"] = "ok"
         except Exception as err:  # reported back to the parent test
             results[f"opcheck:{op_name}"] = f"{type(err).__name__}: {err}"
+        # The backward op on its own (its autograd is not registered: no double backward).
+        bwd_name = op_name.replace("_fwd", "_bwd")
+        plain = [t.detach() for t in args.values()]
+        out, states = op(*plain, True, True)
+        try:
+            bwd = getattr(torch.ops.vmamba, bwd_name).default
+            torch.library.opcheck(bwd, [torch.randn_like(out), *plain, states, True], test_utils=("test_schema", "test_faketensor"))
+            results[f"opcheck:{bwd_name}"] = "ok"
+        except Exception as err:
+            results[f"opcheck:{bwd_name}"] = f"{type(err).__name__}: {err}"
+        # Without autograd the chunk states are not stored, and the output is the same.
+        with torch.no_grad():
+            out_nograd, states_nograd = op(*plain, True, False)
+        same = torch.equal(out, out_nograd) and states_nograd.numel() == 0
+        results[f"nograd:{op_name}"] = "ok" if same else "no-grad forward differs or stored states"
 
     def model(u, delta, A, B, C, D, delta_bias):
         return (vmamba_kernels.selective_scan(u, delta, A, B, C, D, delta_bias) * 2).sum()
@@ -268,9 +283,37 @@ def test_long_sequences_on_cuda(name):
     _assert_case(name, run_case(name, "cuda"))
 
 
-@pytest.mark.parametrize("check", ["opcheck:selective_scan_fwd", "opcheck:ss2d_scan_fwd", "compile:aot_eager"])
+COMPILE_CHECKS = [
+    "opcheck:selective_scan_fwd", "opcheck:selective_scan_bwd", "nograd:selective_scan_fwd",
+    "opcheck:ss2d_scan_fwd", "opcheck:ss2d_scan_bwd", "nograd:ss2d_scan_fwd", "compile:aot_eager",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("check", COMPILE_CHECKS)
 def test_ops_are_compile_friendly(check, interpreter_results):
     assert interpreter_results["compile"][check] == "ok", interpreter_results["compile"][check]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_compile_inductor_on_cuda():
+    import vmamba_kernels
+
+    case = dict(batch=2, channels=8, d_state=1, height=9, width=13, dtype="bfloat16")
+    inputs = list(_ss2d_inputs(case, "cuda").values())
+
+    def loss_fn(*tensors):
+        return vmamba_kernels.ss2d_selective_scan(*tensors).square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    eager_leaves = [t.detach().requires_grad_() for t in inputs]
+    loss, eager_loss = compiled(*leaves), loss_fn(*eager_leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    eager_grads = torch.autograd.grad(eager_loss, eager_leaves)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=0)
+    for grad, eager_grad in zip(grads, eager_grads):  # atomics may add in another order: bf16-level tolerance
+        torch.testing.assert_close(grad.float(), eager_grad.float(), rtol=1e-2, atol=1e-2)
 
 
 def test_bad_shapes_raise_clear_errors():

@@ -12,7 +12,7 @@ In the fused SS2D mode (``CROSS=True``) direction ``k`` reads the image ``(H, W)
 arithmetic (row-major, column-major, both reversed) and adds its output into the merged ``(B, D, H, W)`` result
 with atomics, so the ``(B, 4, D, L)`` route copies are never written.
 
-The forward stores the state entering every chunk (``B x K*D x n_chunks x N_PAD``, i.e. ``N_PAD / CHUNK`` of
+When gradients are needed, the forward stores the state entering every chunk (``B x K*D x n_chunks x N_PAD``, i.e. ``N_PAD / CHUNK`` of
 the input size). The backward walks the chunks in reverse, recomputes the states inside each chunk from the
 stored entry state, and runs a reverse associative scan for the state gradient
 ``g_t = C_t dy_t + a_{t+1} g_{t+1}``. Reductions over batch, length and the channels of a group (dA, dB, dC,
@@ -73,7 +73,7 @@ def selective_scan_fwd_kernel(
     sy_b, sy_k, sy_d,
     sst_b, sst_k, sst_d,
     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CROSS: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr, STORE_STATES: tl.constexpr,
 ):  # fmt: skip
     pid_d = tl.program_id(0)
     k = tl.program_id(1)
@@ -103,7 +103,8 @@ def selective_scan_fwd_kernel(
 
     carry = tl.zeros([BLOCK_D, N_PAD], dtype=ACC)
     for c in range(0, n_chunks):
-        tl.store(state_ptrs + c * N_PAD, carry, mask=mask_dn)
+        if STORE_STATES:
+            tl.store(state_ptrs + c * N_PAD, carry, mask=mask_dn)
         offs_j = c * CHUNK + tl.arange(0, CHUNK)
         mask_j = offs_j < length
         pos = _route_positions(offs_j, k, length, height, width, CROSS)

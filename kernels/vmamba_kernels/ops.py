@@ -6,13 +6,13 @@ The ops are ``torch.library.custom_op``s with fake (shape) implementations and r
 Inductor see inside, but its tracing cannot handle kernels run by Triton's interpreter, which is how the CPU
 tests exercise this exact registration.
 
-- ``vmamba::selective_scan_fwd(u, delta, A, B, C, D?, delta_bias?, delta_softplus) -> (y, chunk_states)``
+- ``vmamba::selective_scan_fwd(u, delta, A, B, C, D?, delta_bias?, delta_softplus, save_states) -> (y, chunk_states)``
 - ``vmamba::selective_scan_bwd(...) -> (du, ddelta, dA, dB, dC, dD, ddelta_bias)``
-- ``vmamba::ss2d_scan_fwd(x, dts, A, Bs, Cs, D?, delta_bias?, delta_softplus) -> (out, chunk_states)``
+- ``vmamba::ss2d_scan_fwd(x, dts, A, Bs, Cs, D?, delta_bias?, delta_softplus, save_states) -> (out, chunk_states)``
 - ``vmamba::ss2d_scan_bwd(...) -> (dx, ddts, dA, dBs, dCs, dD, ddelta_bias)``
 
-``chunk_states`` holds the scan state entering every chunk; the backward recomputes everything else from the
-inputs.
+``chunk_states`` holds the scan state entering every chunk (empty unless ``save_states``, which the public
+functions set when autograd will need it); the backward recomputes everything else from the inputs.
 """
 
 from __future__ import annotations
@@ -185,9 +185,11 @@ class _Geometry:
     def grid(self):
         return (triton.cdiv(self.group_channels, self.block_d), self.groups, self.batch)
 
-    def new_states(self, device, dtype) -> torch.Tensor:
+    def new_states(self, device, dtype, save_states: bool) -> torch.Tensor:
+        # Without gradients nothing reads the chunk-entry states: an empty tensor keeps the op's outputs uniform.
+        n_chunks = self.n_chunks if save_states else 0
         return torch.empty(
-            (self.batch, self.groups, self.group_channels, self.n_chunks, self.n_pad), device=device, dtype=dtype
+            (self.batch, self.groups, self.group_channels, n_chunks, self.n_pad), device=device, dtype=dtype
         )
 
     def state_strides(self):
@@ -205,23 +207,26 @@ class _Geometry:
         )  # fmt: skip
 
 
-def _forward(geo: _Geometry, u, delta, A, B, C, D, delta_bias, delta_softplus, y_shape, launch=True):
+def _forward(geo: _Geometry, u, delta, A, B, C, D, delta_bias, delta_softplus, save_states, y_shape, launch=True):
     acc = _acc_dtype(u, delta, A, B, C, D, delta_bias)
     # The fused layout accumulates four routes into one output, so it starts from zero.
     y = (torch.zeros if geo.cross else torch.empty)(y_shape, device=u.device, dtype=acc)
-    states = geo.new_states(u.device, acc)
+    states = geo.new_states(u.device, acc, save_states)
     if not launch:
         return y, states
     dummy = A
     selective_scan_fwd_kernel[geo.grid()](
         u, delta, A, B, C, D if D is not None else dummy, delta_bias if delta_bias is not None else dummy, y, states,
         *geo.scalar_args(), **geo.meta(D is not None, delta_bias is not None, delta_softplus, acc),
+        STORE_STATES=save_states,
     )  # fmt: skip
     return y, states
 
 
 def _backward(geo: _Geometry, dy, u, delta, A, B, C, D, delta_bias, states, delta_softplus, launch=True):
     acc = states.dtype
+    if states.shape[3] != geo.n_chunks:
+        raise RuntimeError("selective scan backward: the forward ran without save_states=True")
     du = (torch.zeros_like if geo.cross else torch.empty_like)(u, dtype=acc)
     ddelta = torch.empty_like(delta, dtype=acc)
     dA = torch.zeros_like(A, dtype=acc)
@@ -256,15 +261,17 @@ def selective_scan_fwd(
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     delta_softplus: bool,
+    save_states: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     u, delta, A, B, C, D, delta_bias = map(_contiguous, (u, delta, A, B, C, D, delta_bias))
     geo = _Geometry.plain(u, B)
-    return _forward(geo, u, delta, A, B, C, D, delta_bias, delta_softplus, u.shape)
+    return _forward(geo, u, delta, A, B, C, D, delta_bias, delta_softplus, save_states, u.shape)
 
 
 @selective_scan_fwd.register_fake
-def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
-    return _forward(_Geometry.plain(u, B), u, delta, A, B, C, D, delta_bias, delta_softplus, u.shape, launch=False)
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, save_states):
+    geo = _Geometry.plain(u, B)
+    return _forward(geo, u, delta, A, B, C, D, delta_bias, delta_softplus, save_states, u.shape, launch=False)
 
 
 @torch.library.custom_op("vmamba::selective_scan_bwd", mutates_args=())
@@ -291,7 +298,7 @@ def _(dy, u, delta, A, B, C, D, delta_bias, states, delta_softplus):
 
 
 def _setup_scan_context(ctx, inputs, output):
-    u, delta, A, B, C, D, delta_bias, delta_softplus = inputs
+    u, delta, A, B, C, D, delta_bias, delta_softplus, _ = inputs
     ctx.delta_softplus = delta_softplus
     ctx.has_d, ctx.has_bias = D is not None, delta_bias is not None
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1])
@@ -304,7 +311,7 @@ def _cast_grads(grads, inputs):
 def _scan_backward(ctx, grad_y, grad_states):
     u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
     grads = torch.ops.vmamba.selective_scan_bwd(grad_y, u, delta, A, B, C, D, delta_bias, states, ctx.delta_softplus)
-    return (*_cast_grads(grads, (u, delta, A, B, C, D, delta_bias)), None)
+    return (*_cast_grads(grads, (u, delta, A, B, C, D, delta_bias)), None, None)
 
 
 selective_scan_fwd.register_autograd(_scan_backward, setup_context=_setup_scan_context)
@@ -325,15 +332,17 @@ def ss2d_scan_fwd(
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     delta_softplus: bool,
+    save_states: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x, dts, A, Bs, Cs, D, delta_bias = map(_contiguous, (x, dts, A, Bs, Cs, D, delta_bias))
     geo = _Geometry.ss2d(x, Bs)
-    return _forward(geo, x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, x.shape)
+    return _forward(geo, x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, save_states, x.shape)
 
 
 @ss2d_scan_fwd.register_fake
-def _(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus):
-    return _forward(_Geometry.ss2d(x, Bs), x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, x.shape, launch=False)
+def _(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, save_states):
+    geo = _Geometry.ss2d(x, Bs)
+    return _forward(geo, x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, save_states, x.shape, launch=False)
 
 
 @torch.library.custom_op("vmamba::ss2d_scan_bwd", mutates_args=())
@@ -363,7 +372,7 @@ def _(dout, x, dts, A, Bs, Cs, D, delta_bias, states, delta_softplus):
 def _ss2d_backward(ctx, grad_out, grad_states):
     x, dts, A, Bs, Cs, D, delta_bias, states = ctx.saved_tensors
     grads = torch.ops.vmamba.ss2d_scan_bwd(grad_out, x, dts, A, Bs, Cs, D, delta_bias, states, ctx.delta_softplus)
-    return (*_cast_grads(grads, (x, dts, A, Bs, Cs, D, delta_bias)), None)
+    return (*_cast_grads(grads, (x, dts, A, Bs, Cs, D, delta_bias)), None, None)
 
 
 ss2d_scan_fwd.register_autograd(_ss2d_backward, setup_context=_setup_scan_context)
@@ -374,11 +383,17 @@ ss2d_scan_fwd.register_autograd(_ss2d_backward, setup_context=_setup_scan_contex
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
     _check_scan_shapes(u, delta, A, B, C, D, delta_bias)
-    return torch.ops.vmamba.selective_scan_fwd(u, delta, A, B, C, D, delta_bias, bool(delta_softplus))[0]
+    save = _needs_grad(u, delta, A, B, C, D, delta_bias)
+    return torch.ops.vmamba.selective_scan_fwd(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), save)[0]
 
 
 def ss2d_selective_scan(x, dts, A, Bs, Cs, D=None, delta_bias=None, delta_softplus=True):
     _check_ss2d_shapes(x, dts, A, Bs, Cs, D, delta_bias)
-    return torch.ops.vmamba.ss2d_scan_fwd(x, dts, A, Bs, Cs, D, delta_bias, bool(delta_softplus))[0]
+    save = _needs_grad(x, dts, A, Bs, Cs, D, delta_bias)
+    return torch.ops.vmamba.ss2d_scan_fwd(x, dts, A, Bs, Cs, D, delta_bias, bool(delta_softplus), save)[0]
