@@ -42,22 +42,31 @@ def _env_config() -> tuple[int, int, int] | None:
     return block_d, chunk, num_warps
 
 
-def launch_config(length: int, d_state: int, group_channels: int) -> tuple[int, int, int, int]:
-    """(BLOCK_D, N_PAD, CHUNK, num_warps): about 2048 fp32 pairs per tile, the chunk no longer than the sequence."""
+# Untuned defaults (no GPU was available to time them), chosen from the sm_90 register counts of the compiled
+# kernels so that neither kernel spills and occupancy stays reasonable:
+# n_pad -> (CHUNK, forward (BLOCK_D, num_warps), backward (BLOCK_D, num_warps)). Forward and backward may block
+# channels differently; they must share CHUNK, which fixes the layout of the stored chunk states.
+_DEFAULT_CONFIGS = {
+    1: (256, (4, 8), (2, 4)),  # fwd 76 registers, bwd 115
+    2: (64, (4, 8), (2, 4)),
+    4: (64, (4, 8), (2, 4)),  # fwd 63, bwd 138
+    8: (32, (2, 4), (2, 4)),
+    16: (32, (2, 4), (2, 4)),  # fwd 89, bwd 180
+}
+
+
+def launch_config(length: int, d_state: int, group_channels: int, backward: bool = False) -> tuple[int, int, int, int]:
+    """(BLOCK_D, N_PAD, CHUNK, num_warps) of the forward or backward kernel; the chunk no longer than needed."""
     n_pad = triton.next_power_of_2(d_state)
     override = CONFIG_OVERRIDE or _env_config()
     if override is not None:
         block_d, chunk, num_warps = override
         return block_d, n_pad, chunk, num_warps
-    if n_pad == 1:
-        chunk, block_d = 128, 16
-    elif n_pad <= 4:
-        chunk, block_d = 64, 8
-    else:
-        chunk, block_d = 64, max(1, 32 // n_pad)
+    chunk, fwd, bwd = _DEFAULT_CONFIGS.get(n_pad, (16, (1, 4), (1, 4)))
+    block_d, num_warps = bwd if backward else fwd
     chunk = max(16, min(chunk, triton.next_power_of_2(length)))
     block_d = max(1, min(block_d, triton.next_power_of_2(group_channels)))
-    return block_d, n_pad, chunk, 4
+    return block_d, n_pad, chunk, num_warps
 
 
 def _acc_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -148,17 +157,17 @@ class _Geometry:
     """Strides (in elements) that map (batch, direction k, channel d, position) to memory for each tensor."""
 
     def __init__(self, *, batch, groups, group_channels, d_state, length, height, width, cross, u_strides,
-                 delta_strides, bc_strides, y_strides):  # fmt: skip
+                 delta_strides, bc_strides, y_strides, backward=False):  # fmt: skip
         self.batch, self.groups, self.group_channels = batch, groups, group_channels
         self.d_state, self.length, self.height, self.width, self.cross = d_state, length, height, width, cross
         self.u_strides, self.delta_strides, self.bc_strides, self.y_strides = (
             u_strides, delta_strides, bc_strides, y_strides
         )  # fmt: skip
-        self.block_d, self.n_pad, self.chunk, self.num_warps = launch_config(length, d_state, group_channels)
+        self.block_d, self.n_pad, self.chunk, self.num_warps = launch_config(length, d_state, group_channels, backward)
         self.n_chunks = triton.cdiv(length, self.chunk)
 
     @classmethod
-    def plain(cls, u: torch.Tensor, B: torch.Tensor) -> "_Geometry":
+    def plain(cls, u: torch.Tensor, B: torch.Tensor, backward: bool = False) -> "_Geometry":
         batch, channels, length = u.shape
         groups, d_state = B.shape[1], B.shape[2]
         dg = channels // groups
@@ -167,11 +176,11 @@ class _Geometry:
             cross=False, u_strides=(channels * length, dg * length, length),
             delta_strides=(channels * length, dg * length, length),
             bc_strides=(groups * d_state * length, d_state * length, length),
-            y_strides=(channels * length, dg * length, length),
+            y_strides=(channels * length, dg * length, length), backward=backward,
         )  # fmt: skip
 
     @classmethod
-    def ss2d(cls, x: torch.Tensor, Bs: torch.Tensor) -> "_Geometry":
+    def ss2d(cls, x: torch.Tensor, Bs: torch.Tensor, backward: bool = False) -> "_Geometry":
         batch, channels, height, width = x.shape
         d_state, length = Bs.shape[2], height * width
         return cls(
@@ -179,7 +188,7 @@ class _Geometry:
             width=width, cross=True, u_strides=(channels * length, 0, length),
             delta_strides=(4 * channels * length, channels * length, length),
             bc_strides=(4 * d_state * length, d_state * length, length),
-            y_strides=(channels * length, 0, length),
+            y_strides=(channels * length, 0, length), backward=backward,
         )  # fmt: skip
 
     def grid(self):
@@ -288,13 +297,14 @@ def selective_scan_bwd(
     delta_softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dy, u, delta, A, B, C, D, delta_bias = map(_contiguous, (dy, u, delta, A, B, C, D, delta_bias))
-    geo = _Geometry.plain(u, B)
+    geo = _Geometry.plain(u, B, backward=True)
     return _backward(geo, dy.to(states.dtype), u, delta, A, B, C, D, delta_bias, states, delta_softplus)
 
 
 @selective_scan_bwd.register_fake
 def _(dy, u, delta, A, B, C, D, delta_bias, states, delta_softplus):
-    return _backward(_Geometry.plain(u, B), dy, u, delta, A, B, C, D, delta_bias, states, delta_softplus, launch=False)
+    geo = _Geometry.plain(u, B, backward=True)
+    return _backward(geo, dy, u, delta, A, B, C, D, delta_bias, states, delta_softplus, launch=False)
 
 
 def _setup_scan_context(ctx, inputs, output):
@@ -359,13 +369,13 @@ def ss2d_scan_bwd(
     delta_softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dout, x, dts, A, Bs, Cs, D, delta_bias = map(_contiguous, (dout, x, dts, A, Bs, Cs, D, delta_bias))
-    geo = _Geometry.ss2d(x, Bs)
+    geo = _Geometry.ss2d(x, Bs, backward=True)
     return _backward(geo, dout.to(states.dtype), x, dts, A, Bs, Cs, D, delta_bias, states, delta_softplus)
 
 
 @ss2d_scan_bwd.register_fake
 def _(dout, x, dts, A, Bs, Cs, D, delta_bias, states, delta_softplus):
-    geo = _Geometry.ss2d(x, Bs)
+    geo = _Geometry.ss2d(x, Bs, backward=True)
     return _backward(geo, dout, x, dts, A, Bs, Cs, D, delta_bias, states, delta_softplus, launch=False)
 
 
