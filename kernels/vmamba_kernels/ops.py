@@ -57,6 +57,8 @@ _DEFAULT_CONFIGS = {
 
 def launch_config(length: int, d_state: int, group_channels: int, backward: bool = False) -> tuple[int, int, int, int]:
     """(BLOCK_D, N_PAD, CHUNK, num_warps) of the forward or backward kernel; the chunk no longer than needed."""
+    # int() specialises symbolic sizes under dynamic-shape tracing: the launch geometry is static per graph.
+    length, d_state, group_channels = int(length), int(d_state), int(group_channels)
     n_pad = triton.next_power_of_2(d_state)
     override = CONFIG_OVERRIDE or _env_config()
     if override is not None:
