@@ -123,7 +123,7 @@ def selective_scan_fwd_kernel(
         if HAS_D:
             y += D[:, None] * u
         if CROSS:
-            tl.atomic_add(y_row + pos[None, :], y, mask=mask_dj)
+            tl.atomic_add(y_row + pos[None, :], y, mask=mask_dj, sem="relaxed")
         else:
             tl.store(y_row + pos[None, :], y, mask=mask_dj)
         carry = tl.sum(tl.where(is_last, h, 0.0), axis=2)
@@ -221,16 +221,16 @@ def selective_scan_bwd_kernel(
         dbias_acc += tl.sum(ddt, axis=1)
         tl.store(ddelta_ptr + delta_off + pos[None, :], ddt, mask=mask_dj)
         if CROSS:
-            tl.atomic_add(du_ptr + u_off + pos[None, :], du, mask=mask_dj)
+            tl.atomic_add(du_ptr + u_off + pos[None, :], du, mask=mask_dj, sem="relaxed")
         else:
             tl.store(du_ptr + u_off + pos[None, :], du, mask=mask_dj)
         dB = tl.sum(g * (dt * u)[:, None, :], axis=0)
         dC = tl.sum(h * dy[:, None, :], axis=0)
-        tl.atomic_add(dB_ptr + bc_off + pos[None, :], dB, mask=mask_nj)
-        tl.atomic_add(dC_ptr + bc_off + pos[None, :], dC, mask=mask_nj)
+        tl.atomic_add(dB_ptr + bc_off + pos[None, :], dB, mask=mask_nj, sem="relaxed")
+        tl.atomic_add(dC_ptr + bc_off + pos[None, :], dC, mask=mask_nj, sem="relaxed")
 
-    tl.atomic_add(dA_ptr + channel[:, None] * d_state + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.atomic_add(dA_ptr + channel[:, None] * d_state + offs_n[None, :], dA_acc, mask=mask_dn, sem="relaxed")
     if HAS_D:
-        tl.atomic_add(dD_ptr + channel, dD_acc, mask=mask_d)
+        tl.atomic_add(dD_ptr + channel, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + channel, dbias_acc, mask=mask_d)
+        tl.atomic_add(dbias_ptr + channel, dbias_acc, mask=mask_d, sem="relaxed")
