@@ -47,6 +47,9 @@ SS2D_CASES = {
     "ss2d-f32-N1-6x9-default": dict(batch=2, channels=4, d_state=1, height=6, width=9, dtype="float32", config=None),
     "ss2d-bf16-N16-4x5": dict(batch=1, channels=3, d_state=16, height=4, width=5, dtype="bfloat16", config=(4, 8, 1)),
     "ss2d-f16-N1-3x8": dict(batch=1, channels=3, d_state=1, height=3, width=8, dtype="float16", config=(2, 8, 1)),
+    # One-row image, d_state padded 3 -> 4, batch 3, inputs given as non-contiguous views.
+    "ss2d-f64-N3-1x5-strided": dict(batch=3, channels=2, d_state=3, height=1, width=5, dtype="float64", config=None,
+                                    noncontiguous=True),
 }  # fmt: skip
 # Long sequences (L = 128 * 128) only on a GPU: the interpreter would take minutes.
 CUDA_ONLY_CASES = {
@@ -136,6 +139,12 @@ def run_case(name: str, device: str) -> dict:
     case = all_cases[name]
     is_ss2d = name.startswith("ss2d")
     inputs = (_ss2d_inputs if is_ss2d else _scan_inputs)(case, device)
+    if case.get("noncontiguous"):  # same values, batch-last memory layout
+        inputs = {
+            key: (t.transpose(0, -1).contiguous().transpose(0, -1) if t is not None and t.dim() >= 3 else t)
+            for key, t in inputs.items()
+        }
+        assert not inputs["dts"].is_contiguous()
     names = [key for key, t in inputs.items() if t is not None]
     tensors = {key: (t.detach().requires_grad_() if t is not None else None) for key, t in inputs.items()}
     reference_inputs = {
