@@ -156,8 +156,8 @@ def scan_bytes(case, dtype, n_chunks):
     batch, groups, dg, n, length = case
     ch, elt = groups * dg, torch.tensor([], dtype=dtype).element_size()
     fwd = elt * 2 * batch * ch * length + elt * 2 * batch * groups * n * length + 4 * batch * ch * length
-    fwd += 4 * batch * ch * n * n_chunks  # chunk-entry states
-    # backward: read u, delta, B, C, dy (fp32), states; write du, ddelta (fp32), dB, dC (fp32)
+    # forward (inference): read u, delta, B, C; write y (fp32).
+    # backward: read u, delta, B, C, dy (fp32), chunk states; write du, ddelta (fp32), dB, dC (fp32)
     bwd = elt * 2 * batch * ch * length + elt * 2 * batch * groups * n * length + 4 * batch * ch * length
     bwd += 4 * batch * ch * n * n_chunks + 4 * 2 * batch * ch * length + 4 * 2 * batch * groups * n * length
     return fwd, bwd
@@ -168,8 +168,11 @@ def kernel_roofline(case, dtype, device, copy_bw, warmup, repeats):
     from vmamba_kernels import ops
 
     u, delta, A, B, C, D, bias = scan_inputs(case, dtype, device)
-    fwd_ms = cuda_time_ms(lambda: ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True), warmup=warmup, repeats=repeats)
-    y, states = ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True)
+    # The inference forward (no chunk states stored), then the states a training forward keeps for the backward.
+    fwd_ms = cuda_time_ms(
+        lambda: ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True, False), warmup=warmup, repeats=repeats
+    )
+    y, states = ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True, True)
     dy = torch.randn_like(y)
     bwd_ms = cuda_time_ms(
         lambda: ops.selective_scan_bwd(dy, u, delta, A, B, C, D, bias, states, True), warmup=warmup, repeats=repeats
@@ -190,8 +193,10 @@ def sweep(case, dtype, device, warmup, repeats):
     for config in SWEEP_CONFIGS:
         ops.CONFIG_OVERRIDE = config
         try:
-            fwd = cuda_time_ms(lambda: ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True), warmup=warmup, repeats=repeats)
-            y, states = ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True)
+            fwd = cuda_time_ms(
+                lambda: ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True, False), warmup=warmup, repeats=repeats
+            )
+            y, states = ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True, True)
             dy = torch.randn_like(y)
             bwd = cuda_time_ms(
                 lambda: ops.selective_scan_bwd(dy, u, delta, A, B, C, D, bias, states, True), warmup=warmup, repeats=repeats
