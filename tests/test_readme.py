@@ -1,4 +1,5 @@
-"""The README's Python snippets run as written (the fixture checkpoint and a real photo stand in for the files they name)."""
+"""The README's ```python snippets run as written (the fixture checkpoint and a real photo stand in for the files they
+name). ```py blocks are sketches that need a GPU and are not run."""
 
 from __future__ import annotations
 
