@@ -132,7 +132,11 @@ def load_checkpoint(path: Path) -> dict:
 
 def report_skipped_modules(checkpoint: dict, weights_key: str | None) -> bool:
     """For a detection/segmentation checkpoint, say on stderr what is left out; returns whether it is one."""
-    from transformers_vmamba.original_checkpoint import OriginalCheckpointError, select_weights, split_detection_state_dict
+    from transformers_vmamba.original_checkpoint import (
+        OriginalCheckpointError,
+        select_weights,
+        split_detection_state_dict,
+    )
 
     try:
         state_dict = select_weights(checkpoint, weights_key)[0]
