@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Convert an original VMamba classification checkpoint (MzeroMiko/VMamba `.pth`) into a Transformers model folder.
+"""Convert an original VMamba checkpoint (MzeroMiko/VMamba `.pth`) into a Transformers model folder.
 
-The output folder loads with `AutoModelForImageClassification.from_pretrained` and `pipeline(...)`, carries the
-flat modelling code for `trust_remote_code`, a preprocessor config and a model card, and can be pushed to the Hub.
+A classification checkpoint gives a folder that loads with `AutoModelForImageClassification.from_pretrained` and
+`pipeline(...)`. A detection/segmentation checkpoint (mmdetection/mmsegmentation layout, backbone under
+`backbone.`) gives a `VMambaBackbone` folder; its decode/detection heads and necks are not converted. Either folder
+carries the flat modelling code for `trust_remote_code`, a preprocessor config and a model card, and can be pushed
+to the Hub.
 The key mapping itself lives in `transformers_vmamba.from_original_checkpoint`; this script only fetches, checks,
 writes atomically and verifies.
 
@@ -11,6 +14,7 @@ Examples:
   python conversion/convert_original_checkpoint.py --checkpoint ckpt_epoch_262.pth --model vmamba-tiny-s2l5 \\
       --output out/tiny --push-to-hub --repo-id my-org/vmamba-tiny-s2l5
   python conversion/convert_original_checkpoint.py --checkpoint my_finetune.pth --output out/mine  # config inferred
+  python conversion/convert_original_checkpoint.py --checkpoint upernet_vssm_tiny.pth --output out/backbone
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class ConversionResult:
     num_parameters: int
     released: ReleasedModel | None
     max_abs_diff: float
+    outputs: str = "logits"  # what the self-check compared: "logits" or "feature maps"
 
 
 def default_cache_dir() -> Path:
@@ -122,13 +127,29 @@ def load_checkpoint(path: Path) -> dict:
         ) from error
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict or state dict")
-    state_dict = checkpoint.get("state_dict")
-    if isinstance(state_dict, dict) and any(str(key).startswith("backbone.") for key in state_dict):
-        raise ConversionError(
-            f"{path} is a detection/segmentation checkpoint (mmengine layout, 'backbone.*' keys); this command "
-            "converts classification checkpoints (for the backbone use transformers_vmamba.from_original_checkpoint)"
-        )
     return checkpoint
+
+
+def report_skipped_modules(checkpoint: dict, weights_key: str | None) -> bool:
+    """For a detection/segmentation checkpoint, say on stderr what is left out; returns whether it is one."""
+    from transformers_vmamba.original_checkpoint import (
+        OriginalCheckpointError,
+        select_weights,
+        split_detection_state_dict,
+    )
+
+    try:
+        state_dict = select_weights(checkpoint, weights_key)[0]
+    except OriginalCheckpointError:
+        return False  # build_model reports it with the package's message
+    detection = split_detection_state_dict(state_dict)
+    if detection is None:
+        return False
+    print("detection/segmentation checkpoint: converting only the VMamba backbone ('backbone.*')", file=sys.stderr)
+    for module, keys in detection[1].items():
+        print(f"skipped {module} ({len(keys)} tensors)", file=sys.stderr)
+    print("decode/detection heads and necks are not converted (out of scope)", file=sys.stderr)
+    return True
 
 
 def choose_weights_key(checkpoint: dict, requested: str | None, released: ReleasedModel | None) -> str | None:
@@ -174,10 +195,19 @@ def checkpoint_family(config) -> str:
 def build_model(checkpoint: dict, weights_key: str | None, released: ReleasedModel | None):
     """`from_original_checkpoint` does the mapping and every check; a mismatch with the named release gets a short
     summary (family, sizes) in front of the package's field-by-field list."""
+    import logging
+
     from transformers_vmamba import from_original_checkpoint, infer_config_from_state_dict
-    from transformers_vmamba.original_checkpoint import OriginalCheckpointError, select_weights
+    from transformers_vmamba.original_checkpoint import (
+        OriginalCheckpointError,
+        select_weights,
+        split_detection_state_dict,
+    )
 
     state_or_checkpoint = checkpoint if weights_key is None else {weights_key: checkpoint[weights_key]}
+    package_logger = logging.getLogger("transformers_vmamba.original_checkpoint")
+    level = package_logger.level
+    package_logger.setLevel(logging.ERROR)  # skipped heads are already reported by report_skipped_modules
     try:
         return from_original_checkpoint(
             state_or_checkpoint, variant=released.name if released else None, weights_key=weights_key
@@ -185,19 +215,35 @@ def build_model(checkpoint: dict, weights_key: str | None, released: ReleasedMod
     except OriginalCheckpointError as error:
         if released is None or "does not match variant" not in str(error):
             raise
-        found = infer_config_from_state_dict(select_weights(state_or_checkpoint, weights_key)[0])
+        state_dict = select_weights(state_or_checkpoint, weights_key)[0]
+        detection = split_detection_state_dict(state_dict)
+        found = infer_config_from_state_dict(state_dict if detection is None else detection[0])
         raise ConversionError(
             f"--model {released.name} is a {released.family} model ({released.title}), but the checkpoint is a "
             f"{checkpoint_family(found)} model with hidden sizes {found.hidden_sizes} and depths {found.depths}. "
             f"Details: {one_line(error)}"
         ) from error
+    finally:
+        package_logger.setLevel(level)
+
+
+def is_backbone(model) -> bool:
+    from transformers_vmamba import VMambaBackbone
+
+    return isinstance(model, VMambaBackbone)
+
+
+def model_outputs(model, pixel_values) -> list:
+    """What a user of the converted model reads: the logits, or a backbone's feature maps."""
+    output = model(pixel_values=pixel_values)
+    return list(output.feature_maps) if is_backbone(model) else [output.logits]
 
 
 def verify_folder(folder: Path, model) -> float:
-    """Reload the written folder in a fresh model: weights must be identical and logits equal on a fixed input."""
+    """Reload the written folder in a fresh model of the same class: weights must be identical and the outputs
+    (logits, or a backbone's feature maps) equal on a fixed input."""
     import torch
     from safetensors.torch import load_file
-    from transformers_vmamba import VMambaForImageClassification
 
     missing = [name for name in EXPECTED_FILES if not (folder / name).is_file()]
     auto_map = json.loads((folder / "config.json").read_text()).get("auto_map", {})
@@ -219,20 +265,28 @@ def verify_folder(folder: Path, model) -> float:
     if changed:
         raise ConversionError(f"verification failed: saved weights differ from the converted ones: {changed[:3]}")
 
-    reloaded = VMambaForImageClassification.from_pretrained(folder).eval()
+    reloaded = type(model).from_pretrained(folder).eval()
     model.eval()
+    what = "feature maps" if is_backbone(model) else "logits"
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(VERIFY_INPUT_SHAPE, generator=generator)
     with torch.no_grad():
-        reference = model(pixel_values=pixel_values).logits
-        actual = reloaded(pixel_values=pixel_values).logits
-    if not torch.isfinite(reference).all():
-        raise ConversionError("verification failed: the converted model gives non-finite logits")
-    max_abs_diff = (reference - actual).abs().max().item()
-    # Weights are bit-identical (checked above); the forward pass may still differ in the last bits because
-    # CPU kernels pick code paths by memory alignment, so allow float32 rounding noise and nothing more.
-    if max_abs_diff > VERIFY_TOLERANCE * max(1.0, reference.abs().max().item()):
-        raise ConversionError(f"verification failed: reloaded model's logits differ (max |diff| {max_abs_diff:.3g})")
+        references = model_outputs(model, pixel_values)
+        actuals = model_outputs(reloaded, pixel_values)
+    if len(references) != len(actuals):
+        raise ConversionError(f"verification failed: reloaded model gives {len(actuals)} {what}, not {len(references)}")
+    max_abs_diff = 0.0
+    for reference, actual in zip(references, actuals):
+        if not torch.isfinite(reference).all():
+            raise ConversionError(f"verification failed: the converted model gives non-finite {what}")
+        if reference.shape != actual.shape:
+            raise ConversionError(f"verification failed: reloaded model's {what} have other shapes")
+        diff = (reference - actual).abs().max().item()
+        max_abs_diff = max(max_abs_diff, diff)
+        # Weights are bit-identical (checked above); the forward pass may still differ in the last bits because
+        # CPU kernels pick code paths by memory alignment, so allow float32 rounding noise and nothing more.
+        if diff > VERIFY_TOLERANCE * max(1.0, reference.abs().max().item()):
+            raise ConversionError(f"verification failed: reloaded model's {what} differ (max |diff| {diff:.3g})")
     return max_abs_diff
 
 
@@ -247,6 +301,7 @@ def write_model_folder(
     card = build_model_card(
         model_id=model_id,
         num_labels=model.config.num_labels,
+        out_features=list(model.out_features) if is_backbone(model) else None,
         num_parameters=sum(p.numel() for p in model.parameters()),
         source=source,
         weights_key=weights_key or "state dict",
@@ -308,9 +363,10 @@ def convert(
     card_release = released or recognised
     raw = load_checkpoint(path)
     key = choose_weights_key(raw, weights_key, card_release)
+    report_skipped_modules(raw, key)
     model = build_model(raw, key, card_release)
     del raw
-    if model.config.num_labels == 1000:
+    if not is_backbone(model) and model.config.num_labels == 1000:
         labels = imagenet_labels()
         model.config.id2label = dict(enumerate(labels))
         model.config.label2id = {label: index for index, label in enumerate(labels)}
@@ -347,6 +403,7 @@ def convert(
         num_parameters=sum(p.numel() for p in model.parameters()),
         released=card_release,
         max_abs_diff=max_abs_diff,
+        outputs="feature maps" if is_backbone(model) else "logits",
     )
 
 
@@ -443,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"converted {result.weights_key} weights ({result.num_parameters:,} parameters) into {result.output_dir}; "
-            f"reloaded folder has identical weights and logits within {result.max_abs_diff:.1g}"
+            f"reloaded folder has identical weights and {result.outputs} within {result.max_abs_diff:.1g}"
         )
         if args.push_to_hub:
             url = upload_to_hub(result.output_dir, args.repo_id, private=args.private)

@@ -20,14 +20,18 @@ def build_model_card(
     weights_key: str,
     released: ReleasedModel | None = None,
     official: bool = False,
+    out_features: list[str] | None = None,
 ) -> ModelCard:
     """Published metrics go into the card only when these exact weights are the ones the authors measured.
 
     `released` names the architecture; `official` says the file is the authors' release itself (recognised by its
     URL or file name), and `weights_key` is the entry converted. Other weights get the facts but no metric.
+    `out_features` marks a backbone (from a detection/segmentation checkpoint): its card claims no ImageNet metric
+    and shows backbone usage instead of the classification pipeline.
     """
-    is_imagenet = num_labels == 1000
-    measured = released is not None and official and weights_key == released.default_weights_key
+    backbone = out_features is not None
+    is_imagenet = num_labels == 1000 and not backbone
+    measured = not backbone and released is not None and official and weights_key == released.default_weights_key
     eval_results = None
     if measured:
         eval_results = [
@@ -47,14 +51,24 @@ def build_model_card(
     data = ModelCardData(
         license="mit",
         library_name="transformers",
-        pipeline_tag="image-classification",
-        tags=list(TAGS),
+        pipeline_tag="image-feature-extraction" if backbone else "image-classification",
+        tags=[("image-feature-extraction" if backbone and tag == "image-classification" else tag) for tag in TAGS]
+        + (["backbone"] if backbone else []),
         datasets=["imagenet-1k"] if is_imagenet else None,
         model_name=model_id.rsplit("/", 1)[-1],
         eval_results=eval_results,
     )
 
-    if released is not None:
+    if backbone:
+        architecture = f"VMamba {released.family} ({released.title}, `{released.name}`)" if released else "VMamba"
+        title = f"{architecture} backbone (converted detection/segmentation checkpoint)"
+        facts = [
+            "- Backbone only: the decode/detection heads and necks of the source checkpoint are not converted",
+            f"- Output features: {', '.join(out_features)} (each with the per-stage output norm of the original)",
+            f"- Parameters: {num_parameters:,}",
+            f"- Source checkpoint: `{source}`, weights `{weights_key}`",
+        ]
+    elif released is not None:
         title = f"VMamba: {released.title} (`{released.name}`), ImageNet-1k"
         facts = [
             f"- Architecture: VMamba {released.family} ({released.title}), original config "
@@ -92,11 +106,16 @@ def build_model_card(
         if official
         else "weights from an original-format VMamba checkpoint"
     )
-    labels_note = (
-        "It predicts the 1000 ImageNet-1k classes."
-        if is_imagenet
-        else f"Its {num_labels} classes carry generic names (`LABEL_0`, ...)."
-    )
+    if backbone:
+        origin = "the VMamba backbone of a detection/segmentation checkpoint (backbone only)"
+        labels_note = "It returns feature maps for a dense-prediction head; it does not classify images."
+    else:
+        labels_note = (
+            "It predicts the 1000 ImageNet-1k classes."
+            if is_imagenet
+            else f"Its {num_labels} classes carry generic names (`LABEL_0`, ...)."
+        )
+    usage = BACKBONE_USAGE if backbone else CLASSIFIER_USAGE
     text = f"""---
 {data.to_yaml()}
 ---
@@ -112,7 +131,18 @@ This repository holds {origin}, converted to a Hugging Face Transformers model w
 
 ## Usage
 
-The modelling code ships with the weights, so `trust_remote_code=True` is enough. With the
+{usage.format(model_id=model_id)}
+
+## Citation
+
+```bibtex
+{PAPER_CITATION}
+```
+"""
+    return ModelCard(text)
+
+
+CLASSIFIER_USAGE = """The modelling code ships with the weights, so `trust_remote_code=True` is enough. With the
 `transformers_vmamba` package installed, `import transformers_vmamba` registers the model and the flag
 can be dropped.
 
@@ -139,12 +169,30 @@ print(model.config.id2label[logits.argmax(-1).item()])
 ```
 
 The image processor reproduces the original evaluation transform: resize the short side to 256 (bicubic),
-center-crop 224x224, normalise with the ImageNet mean and standard deviation.
+center-crop 224x224, normalise with the ImageNet mean and standard deviation."""
 
-## Citation
+BACKBONE_USAGE = """This is a backbone only: it returns one feature map (batch, channels, height, width) per output
+stage, for a detection or segmentation head that you train or load yourself. Load it with the
+`transformers_vmamba` package (`AutoBackbone.from_pretrained` of a local folder does not work in
+transformers 5.24; the concrete class does).
 
-```bibtex
-{PAPER_CITATION}
+```python
+import torch
+from transformers_vmamba import VMambaBackbone
+
+backbone = VMambaBackbone.from_pretrained("{model_id}").eval()
+pixel_values = torch.randn(1, 3, 512, 512)  # images normalised with the ImageNet mean and standard deviation
+with torch.no_grad():
+    feature_maps = backbone(pixel_values).feature_maps
+print(backbone.out_features, [tuple(f.shape) for f in feature_maps])
 ```
-"""
-    return ModelCard(text)
+
+For semantic segmentation, Transformers' UperNet takes it through the config (its decode head starts untrained):
+
+```python
+from transformers import UperNetConfig, UperNetForSemanticSegmentation
+
+config = UperNetConfig(backbone_config=backbone.config, num_labels=150)
+model = UperNetForSemanticSegmentation(config)
+model.backbone.load_state_dict(backbone.state_dict())
+```"""

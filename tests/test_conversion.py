@@ -30,6 +30,7 @@ from model_card import build_model_card  # noqa: E402
 from released_models import ORIGINAL_COMMIT, RELEASED_MODELS, get_released_model, markdown_table  # noqa: E402
 
 
+BACKBONE_CHECKPOINT = FIXTURES / "backbone_v2_ln_mmseg" / "checkpoint.pth"
 CLASSIFICATION_FIXTURES = ["v0_vanilla", "v0_vanilla_ema", "v2_s2l_ln2d", "v2v_s1l_ln2d", "v2_s2l_ln"]
 FIXTURE_CASES = [
     (name, key)
@@ -507,6 +508,69 @@ def test_smallest_full_size_model_converts_end_to_end(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Detection/segmentation checkpoints: the backbone is converted, the heads are skipped and named.
+
+
+@pytest.fixture(scope="module")
+def converted_backbone_folder(tmp_path_factory):
+    """The fixture's mmsegmentation checkpoint converted by a separate process, as a user runs it."""
+    output = tmp_path_factory.mktemp("backbone") / "vmamba-backbone"
+    return output, run_cli("--checkpoint", BACKBONE_CHECKPOINT, "--output", output)
+
+
+def test_cli_converts_backbone_checkpoint_and_reproduces_original_feature_maps(converted_backbone_folder):
+    from safetensors.torch import load_file
+    from transformers_vmamba import VMambaBackbone
+
+    output, result = converted_backbone_folder
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "feature maps" in result.stdout
+    err_lines = result.stderr.splitlines()
+    assert "skipped decode_head (2 tensors)" in err_lines and "skipped auxiliary_head (1 tensors)" in err_lines
+    assert any("not converted (out of scope)" in line for line in err_lines)
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= {
+        p.name for p in output.iterdir()
+    }
+    config = json.loads((output / "config.json").read_text())
+    assert config["architectures"] == ["VMambaBackbone"] and "AutoBackbone" in config["auto_map"]
+    assert config["out_features"] == ["stage1", "stage2", "stage3", "stage4"]
+
+    model = VMambaBackbone.from_pretrained(output).eval()
+    expected = load_file(FIXTURES / "backbone_v2_ln_mmseg" / "expected_state_dict_float32.safetensors")
+    for case, pixel_values in load_inputs().items():
+        with torch.no_grad():
+            feature_maps = model(pixel_values=pixel_values).feature_maps
+        assert len(feature_maps) == 4
+        for index, feature_map in enumerate(feature_maps):
+            torch.testing.assert_close(
+                feature_map, expected[f"{case}/out{index}"], atol=1e-4, rtol=1e-4, msg=f"{case}/out{index}"
+            )
+
+
+def test_backbone_model_card(converted_backbone_folder):
+    from huggingface_hub import ModelCard
+
+    output, result = converted_backbone_folder
+    assert result.returncode == 0, result.stderr
+    card = ModelCard.load(output / "README.md")
+    assert card.data.pipeline_tag == "image-feature-extraction" and "image-classification" not in card.data.tags
+    assert card.data.eval_results is None and card.data.datasets is None
+    text = card.text
+    assert "Backbone only" in text and "stage1, stage2, stage3, stage4" in text
+    assert 'VMambaBackbone.from_pretrained("vmamba-backbone")' in text and "UperNetForSemanticSegmentation" in text
+    for absent in ("ImageNet-1k top-1", 'pipeline("image-classification"', "AutoModelForImageClassification"):
+        assert absent not in text
+
+    released = get_released_model("vmamba-tiny-s2l5")  # named architecture: still no metric, no classifier snippet
+    named = build_model_card(
+        model_id="x", num_labels=2, num_parameters=1, source="upernet.pth", weights_key="state dict",
+        released=released, official=True, out_features=["stage2", "stage3"],
+    )
+    assert ModelCard(str(named)).data.eval_results is None
+    assert "VMamba-T[s2l5]" in str(named) and "stage2, stage3" in str(named) and "top-1" not in str(named)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Bad inputs: one clear line, exit status 1, nothing left behind.
 
 
@@ -528,6 +592,13 @@ def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     missing = dict(state_dict)
     missing.pop("layers.2.blocks.1.op.Ds")
     extra = dict(state_dict, **{"layers.0.blocks.0.op.surprise": torch.zeros(3)})
+    backbone = torch.load(BACKBONE_CHECKPOINT, map_location="cpu", weights_only=True)
+    backbone_missing = dict(backbone, state_dict={
+        key: value for key, value in backbone["state_dict"].items() if key != "backbone.layers.2.blocks.1.op.Ds"
+    })
+    backbone_extra = dict(backbone, state_dict=dict(
+        backbone["state_dict"], **{"backbone.layers.0.blocks.0.op.x_proj_bias": torch.zeros(4, 3)}
+    ))
     return {
         "truncated file": (["--checkpoint", tmp / "truncated.pth"], r"truncated|corrupt"),
         "not a checkpoint": (["--checkpoint", tmp / "garbage.pth"], r"truncated|corrupt"),
@@ -554,8 +625,18 @@ def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
             r"(?i)(unexpected|no VMamba counterpart).*surprise",
         ),
         "absent weights key": (["--checkpoint", good, "--weights-key", "model_ema"], r"no 'model_ema' weights"),
-        "detection backbone checkpoint": (
-            ["--checkpoint", FIXTURES / "backbone_v2_ln_mmseg" / "checkpoint.pth"], r"detection/segmentation checkpoint"
+        "backbone missing key": (
+            ["--checkpoint", write_checkpoint(tmp / "bb_missing.pth", **backbone_missing)],
+            r"missing keys \['stages\.2\.layers\.1\.ssm\.D'\]",
+        ),
+        "backbone extra key": (
+            ["--checkpoint", write_checkpoint(tmp / "bb_extra.pth", **backbone_extra)],
+            r"no VMambaBackbone counterpart.*x_proj_bias",
+        ),
+        "backbone wrong size": (
+            ["--checkpoint", BACKBONE_CHECKPOINT, "--model", "vmamba-tiny-s2l5"],
+            r"--model vmamba-tiny-s2l5 is a v2 model \(VMamba-T\[s2l5\]\), but the checkpoint is a v2 model with "
+            r"hidden sizes \[16, 32, 64, 128\] and depths \[1, 1, 2, 1\]",
         ),
     }
 
@@ -563,7 +644,8 @@ def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
 @pytest.mark.parametrize(
     "case",
     ["truncated file", "not a checkpoint", "missing file", "unknown model name", "wrong family", "wrong size",
-     "missing keys", "extra keys", "absent weights key", "detection backbone checkpoint"],
+     "missing keys", "extra keys", "absent weights key", "backbone missing key", "backbone extra key",
+     "backbone wrong size"],
 )
 def test_bad_input_gives_one_clear_line_and_leaves_nothing(case, tmp_path, capsys):
     import re
