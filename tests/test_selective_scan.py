@@ -303,3 +303,26 @@ def test_ss2d_rejects_bad_shapes():
         ss2d_selective_scan_torch(**{**inputs, "Cs": inputs["Cs"][:, :, :, :3]})
     with pytest.raises(ValueError, match="route_order"):
         route_order(inputs["Bs"][:, :3])
+
+
+def test_half_precision_gradients_come_back_in_input_dtype():
+    inputs = {name: t.to(torch.bfloat16) for name, t in make_scan_inputs(1, 4, 2, 4, 21, seed=9).items()}
+    upstream = torch.randn(1, 8, 21, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    _, grads_ref = values_and_grads(selective_scan_reference, {n: t.double() for n, t in inputs.items()}, upstream)
+    _, grads = values_and_grads(selective_scan_chunked, inputs, upstream)
+    for name, grad in grads_ref.items():
+        assert grads[name].dtype == torch.bfloat16
+        assert_close_scaled(grads[name], grad, 1e-2, f"grad {name}")  # bf16 keeps 8 bits of mantissa
+
+
+def test_ss2d_runs_under_torch_compile():
+    """The scan runs eagerly behind a graph break; the compiled function must give the same values and gradients."""
+    inputs = {name: t.float() for name, t in make_ss2d_inputs(1, 2, 4, 5, 3).items()}
+    upstream = torch.randn(1, 2, 5, 3, generator=torch.Generator().manual_seed(4))
+    expected, grads_expected = values_and_grads(ss2d_selective_scan_torch, inputs, upstream)
+    torch._dynamo.reset()
+    compiled = torch.compile(ss2d_selective_scan_torch, backend="aot_eager")
+    y, grads = values_and_grads(compiled, inputs, upstream)
+    torch.testing.assert_close(y, expected)
+    for name, grad in grads_expected.items():
+        torch.testing.assert_close(grads[name], grad)

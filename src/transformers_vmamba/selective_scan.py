@@ -82,10 +82,11 @@ def selective_scan_reference(
 
     state = u.new_zeros(batch, channels, A.shape[1])
     outputs = []
-    for t in range(length):
-        decay = torch.exp(delta[:, :, t, None] * A)
-        state = decay * state + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, :, :, t]
-        outputs.append((state * C[:, :, :, t]).sum(-1))
+    # unbind (rather than indexing [..., t]) keeps autograd's backward linear in L: one stack per input.
+    for dt_t, u_t, B_t, C_t in zip(delta.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1)):
+        decay = torch.exp(dt_t[:, :, None] * A)
+        state = decay * state + (dt_t * u_t)[:, :, None] * B_t
+        outputs.append((state * C_t).sum(-1))
     y = torch.stack(outputs, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u
@@ -130,19 +131,23 @@ _BLOCK_ELEMENTS = 1 << 22
 def _to_steps(t: torch.Tensor, chunk: int, num_chunks: int) -> torch.Tensor:
     """(R, X, L) -> (T, R, X, chunks), zero-padded to chunks * T: one in-chunk position of all chunks is a slice.
 
-    Keeping (R, X, chunks) in order makes this a plain 2D transpose of (R*X*chunks, T), the cheapest to copy.
+    Keeping (R, X, chunks) in order makes this a 2D transpose of (R*X*chunks, T); written as one, torch copies it
+    several times faster than as the equivalent 4D permute.
     """
     rows, features, length = t.shape
     pad = num_chunks * chunk - length
     if pad:
         t = F.pad(t, (0, pad))
-    return t.reshape(rows, features, num_chunks, chunk).permute(3, 0, 1, 2).contiguous()
+    return t.reshape(-1, chunk).t().contiguous().view(chunk, rows, features, num_chunks)
 
 
-def _from_steps(t: torch.Tensor, length: int) -> torch.Tensor:
-    """(T, R, X, chunks) -> (R, X, L): inverse of ``_to_steps``."""
+def _store_from_steps(t: torch.Tensor, out: torch.Tensor) -> None:
+    """Write (T, R, X, chunks) into ``out`` (R, X, L), the inverse of ``_to_steps``."""
     chunk, rows, features, num_chunks = t.shape
-    return t.permute(1, 2, 3, 0).reshape(rows, features, num_chunks * chunk)[:, :, :length]
+    if out.is_contiguous() and out.shape[-1] == num_chunks * chunk:
+        out.view(-1, chunk).copy_(t.view(chunk, -1).t())
+    else:
+        out.copy_(t.view(chunk, -1).t().contiguous().view(rows, features, num_chunks * chunk)[:, :, : out.shape[-1]])
 
 
 # Big working tensors are (T, R, N, Dg, chunks); a step slice [t] is (R, N, Dg, chunks). Small ones are
@@ -167,13 +172,13 @@ def _chunk_entry_states(decay, dt, dtu, A, B):
 
 def _block_forward(dt, dtu, A, B, C):
     """y of one block, (T, R, Dg, chunks), in step layout."""
-    decay = torch.exp(dt.unsqueeze(2) * A)
+    decay = torch.exp_(dt.unsqueeze(2) * A)
     state = _chunk_entry_states(decay, dt, dtu, A, B)
-    y = dt.new_empty(dt.shape)
+    # Second sweep from the true entry states; each step's decay is used once, so its slot then holds h_t.
     for step in range(decay.shape[0]):
-        state.mul_(decay[step]).addcmul_(dtu[step].unsqueeze(1), B[step].unsqueeze(2))
-        torch.sum(state * C[step].unsqueeze(2), dim=1, out=y[step])
-    return y
+        state = decay[step].mul_(state).addcmul_(dtu[step].unsqueeze(1), B[step].unsqueeze(2))
+    states = decay.mul_(C.unsqueeze(3))
+    return states[:, :, 0] if states.shape[2] == 1 else states.sum(2)
 
 
 def _block_backward(dt, dtu, A, B, C, grad_y):
@@ -237,6 +242,43 @@ def _blocks(rows: int, channels: int, d_state: int, padded_length: int):
                 yield slice(row, row + 1), slice(start, min(start + width, channels))
 
 
+class _RowOperands:
+    """The scan's inputs in row layout, computed in the compute dtype.
+
+    A row is one (batch, group) pair: its ``Dg`` channels share one B/C row and one block of ``A``.
+    """
+
+    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus, chunk, dtype):
+        batch, channels, length = u.shape
+        groups, d_state = B.shape[1], B.shape[2]
+        self.rows, self.per_group, self.groups, self.d_state = batch * groups, channels // groups, groups, d_state
+        self.length, self.chunk, self.num_chunks = length, chunk, -(-length // chunk)
+        self.u = u.to(dtype).reshape(self.rows, self.per_group, length)
+        dt_raw = delta.to(dtype).reshape(batch, groups, self.per_group, length)
+        if delta_bias is not None:
+            dt_raw = dt_raw + delta_bias.to(dtype).reshape(groups, self.per_group, 1)
+        self.dt_raw = dt_raw.reshape(self.rows, self.per_group, length)
+        self.dt = F.softplus(self.dt_raw) if delta_softplus else self.dt_raw
+        self.dtu = self.dt * self.u
+        self.A = A.to(dtype).reshape(groups, self.per_group, d_state).transpose(1, 2)[..., None]  # (groups, N, Dg, 1)
+        self.B = B.to(dtype).reshape(self.rows, d_state, length)
+        self.C = C.to(dtype).reshape(self.rows, d_state, length)
+
+    def blocks(self, *per_channel):
+        """Yield (rows, channels, group_index, block operands in step layout) for every block.
+
+        The block operands are dt, dtu, A, B, C followed by the given extra (rows, Dg, L) tensors.
+        """
+        steps = lambda t: _to_steps(t, self.chunk, self.num_chunks)  # noqa: E731
+        padded = self.num_chunks * self.chunk
+        for rows, channels in _blocks(self.rows, self.per_group, self.d_state, padded):
+            group_index = torch.arange(rows.start, rows.stop, device=self.u.device) % self.groups
+            operands = [steps(self.dt[rows, channels]), steps(self.dtu[rows, channels])]
+            operands += [self.A[group_index][:, :, channels], steps(self.B[rows]), steps(self.C[rows])]
+            operands += [steps(t[rows, channels]) for t in per_channel]
+            yield rows, channels, group_index, operands
+
+
 class _ChunkedSelectiveScan(torch.autograd.Function):
     """Chunked scan with a hand-written backward that recomputes the states block by block.
 
@@ -248,38 +290,15 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size):
         dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
-        batch, channels, length = u.shape
-        groups, d_state = B.shape[1], B.shape[2]
-        per_group = channels // groups
+        length = u.shape[-1]
         chunk = min(chunk_size or _default_chunk_size(length), length)
-        num_chunks = -(-length // chunk)
-        rows = batch * groups
-
-        u_rows = u.to(dtype).reshape(rows, per_group, length)
-        dt_raw = delta.to(dtype).reshape(rows, per_group, length)
-        if delta_bias is not None:
-            dt_raw = dt_raw + delta_bias.to(dtype).reshape(1, groups, per_group, 1).expand(batch, -1, -1, -1).reshape(rows, per_group, 1)
-        dt = F.softplus(dt_raw) if delta_softplus else dt_raw
-        dtu = dt * u_rows
-        A_rows = A.to(dtype).reshape(groups, per_group, d_state).transpose(1, 2)[..., None]  # (groups, N, Dg, 1)
-        B_rows = B.to(dtype).reshape(rows, d_state, length)
-        C_rows = C.to(dtype).reshape(rows, d_state, length)
-
-        y = u_rows.new_empty(rows, per_group, length)
-        for row_slice, channel_slice in _blocks(rows, per_group, d_state, num_chunks * chunk):
-            group_index = torch.arange(row_slice.start, row_slice.stop, device=u.device) % groups
-            y_block = _block_forward(
-                _to_steps(dt[row_slice, channel_slice], chunk, num_chunks),
-                _to_steps(dtu[row_slice, channel_slice], chunk, num_chunks),
-                A_rows[group_index][:, :, channel_slice],
-                _to_steps(B_rows[row_slice], chunk, num_chunks),
-                _to_steps(C_rows[row_slice], chunk, num_chunks),
-            )
-            y[row_slice, channel_slice] = _from_steps(y_block, length)
-        y = y.reshape(batch, channels, length)
+        ops = _RowOperands(u, delta, A, B, C, delta_bias, delta_softplus, chunk, dtype)
+        y = torch.empty_like(ops.u)
+        for rows, channels, _, operands in ops.blocks():
+            _store_from_steps(_block_forward(*operands), y[rows, channels])
+        y = y.reshape(u.shape)
         if D is not None:
-            y = y + D.to(dtype)[:, None] * u_rows.reshape(batch, channels, length)
-
+            y.addcmul_(D.to(dtype)[:, None], ops.u.reshape(u.shape))
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
         ctx.settings = (delta_softplus, chunk, dtype)
         return y
@@ -289,60 +308,40 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
     def backward(ctx, grad_y):
         u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
         delta_softplus, chunk, dtype = ctx.settings
-        batch, channels, length = u.shape
-        groups, d_state = B.shape[1], B.shape[2]
-        per_group = channels // groups
-        num_chunks = -(-length // chunk)
-        rows = batch * groups
-
+        ops = _RowOperands(u, delta, A, B, C, delta_bias, delta_softplus, chunk, dtype)
         grad_y = grad_y.to(dtype)
-        u_rows = u.to(dtype).reshape(rows, per_group, length)
-        dt_raw = delta.to(dtype).reshape(rows, per_group, length)
-        if delta_bias is not None:
-            dt_raw = dt_raw + delta_bias.to(dtype).reshape(1, groups, per_group, 1).expand(batch, -1, -1, -1).reshape(rows, per_group, 1)
-        dt = F.softplus(dt_raw) if delta_softplus else dt_raw
-        dtu = dt * u_rows
-        A_rows = A.to(dtype).reshape(groups, per_group, d_state).transpose(1, 2)[..., None]
-        B_rows = B.to(dtype).reshape(rows, d_state, length)
-        C_rows = C.to(dtype).reshape(rows, d_state, length)
-        gy_rows = grad_y.reshape(rows, per_group, length)
 
-        grad_dt = torch.empty_like(dt)
-        grad_dtu = torch.empty_like(dt)
-        grad_A = torch.zeros_like(A_rows[..., 0])
-        grad_B = torch.zeros_like(B_rows)
-        grad_C = torch.zeros_like(C_rows)
-        for row_slice, channel_slice in _blocks(rows, per_group, d_state, num_chunks * chunk):
-            group_index = torch.arange(row_slice.start, row_slice.stop, device=u.device) % groups
-            g_dt, g_dtu, g_A, g_B, g_C = _block_backward(
-                _to_steps(dt[row_slice, channel_slice], chunk, num_chunks),
-                _to_steps(dtu[row_slice, channel_slice], chunk, num_chunks),
-                A_rows[group_index][:, :, channel_slice],
-                _to_steps(B_rows[row_slice], chunk, num_chunks),
-                _to_steps(C_rows[row_slice], chunk, num_chunks),
-                _to_steps(gy_rows[row_slice, channel_slice], chunk, num_chunks),
-            )
-            grad_dt[row_slice, channel_slice] = _from_steps(g_dt, length)
-            grad_dtu[row_slice, channel_slice] = _from_steps(g_dtu, length)
-            grad_A[:, :, channel_slice].index_add_(0, group_index, g_A)
-            grad_B[row_slice] += _from_steps(g_B, length)
-            grad_C[row_slice] += _from_steps(g_C, length)
+        grad_dt, grad_dtu = torch.empty_like(ops.dt), torch.empty_like(ops.dt)
+        grad_A = torch.zeros_like(ops.A[..., 0])
+        grad_B, grad_C = torch.empty_like(ops.B), torch.empty_like(ops.C)
+        for rows, channels, group_index, operands in ops.blocks(grad_y.reshape(ops.u.shape)):
+            g_dt, g_dtu, g_A, g_B, g_C = _block_backward(*operands)
+            _store_from_steps(g_dt, grad_dt[rows, channels])
+            _store_from_steps(g_dtu, grad_dtu[rows, channels])
+            grad_A[:, :, channels].index_add_(0, group_index, g_A)
+            if channels.start == 0:
+                _store_from_steps(g_B, grad_B[rows])
+                _store_from_steps(g_C, grad_C[rows])
+            else:  # a later channel block of the same rows: B and C are shared, accumulate
+                for grad, block_grad in ((grad_B, g_B), (grad_C, g_C)):
+                    partial = torch.empty_like(grad[rows])
+                    _store_from_steps(block_grad, partial)
+                    grad[rows] += partial
 
-        grad_u = grad_dtu * dt
-        grad_dt.addcmul_(grad_dtu, u_rows)
-        grad_delta = grad_dt * torch.sigmoid(dt_raw) if delta_softplus else grad_dt
-        grad_u = grad_u.reshape(batch, channels, length)
-        grad_delta = grad_delta.reshape(batch, channels, length)
+        # dtu = dt * u and dt = softplus(delta + delta_bias).
+        grad_u = (grad_dtu * ops.dt).reshape(u.shape)
+        grad_dt.addcmul_(grad_dtu, ops.u)
+        grad_delta = (grad_dt.mul_(torch.sigmoid(ops.dt_raw)) if delta_softplus else grad_dt).reshape(u.shape)
         grad_D = grad_delta_bias = None
         if D is not None:
-            grad_u = grad_u + D.to(dtype)[:, None] * grad_y
-            grad_D = (grad_y * u.to(dtype)).sum((0, 2)).to(D.dtype)
+            grad_u.addcmul_(D.to(dtype)[:, None], grad_y)
+            grad_D = (grad_y * ops.u.reshape(u.shape)).sum((0, 2)).to(D.dtype)
         if delta_bias is not None:
             grad_delta_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype)
         return (
             grad_u.to(u.dtype),
             grad_delta.to(delta.dtype),
-            grad_A.transpose(1, 2).reshape(channels, d_state).to(A.dtype),
+            grad_A.transpose(1, 2).reshape(A.shape).to(A.dtype),
             grad_B.reshape(B.shape).to(B.dtype),
             grad_C.reshape(C.shape).to(C.dtype),
             grad_D,
@@ -376,7 +375,14 @@ def selective_scan_chunked(
     _check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    return _ChunkedSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size)
+    return _run_chunked_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size)
+
+
+@torch.compiler.disable
+def _run_chunked_scan(*args):
+    """Run eagerly under torch.compile: tracing would unroll every sweep step (minutes of compile per shape) for
+    no gain, while a graph break costs one Python call."""
+    return _ChunkedSelectiveScan.apply(*args)
 
 
 def route_order(images: torch.Tensor) -> torch.Tensor:
