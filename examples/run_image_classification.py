@@ -14,7 +14,7 @@ Examples::
     # random init from a variant name, shrunk for a small dataset, on the offline digits
     python examples/digits_dataset.py /tmp/digits
     python examples/run_image_classification.py --model_name_or_path vmamba-tiny-s1l8 \\
-        --config_overrides '{"depths": [1, 1, 2, 1]}' --image_size 32 --crop_pct 1.0 --random_flip false \\
+        --config_overrides '{"depths": [1, 1, 2, 1], "hidden_sizes": [32, 48, 64, 96]}' --image_size 32 --crop_pct 1.0 --random_flip false \\
         --train_dir /tmp/digits/train --validation_dir /tmp/digits/test --output_dir ./out \\
         --do_train --do_eval --num_train_epochs 3 --learning_rate 2e-3
 
@@ -262,6 +262,13 @@ def parse_config_overrides(text: str | None) -> dict:
     return overrides
 
 
+def check_override_keys(config, overrides: dict) -> None:
+    """Configs accept unknown keyword arguments silently; a typo in an override must not train the wrong model."""
+    unknown = sorted(key for key in overrides if not hasattr(config, key))
+    if unknown:
+        raise ValueError(f"--config_overrides: {type(config).__name__} has no field(s) {unknown}")
+
+
 def load_data(data_args: DataTrainingArguments, cache_dir: str | None, token: str | None) -> DatasetDict:
     if data_args.dataset_name is not None:
         dataset = load_dataset(
@@ -303,12 +310,15 @@ def build_model_and_processor(model_args: ModelArguments, label_names: list[str]
     variant_error = None
     if not os.path.isdir(name):
         try:
+            check_override_keys(transformers_vmamba.VMambaConfig.from_variant(name), overrides)
+        except ValueError as error:
+            if "--config_overrides" in str(error):
+                raise
+            variant_error = error  # not a variant: try it as a Hub id below
+        else:
             config = transformers_vmamba.VMambaConfig.from_variant(
                 name, num_labels=len(label_names), label2id=label2id, id2label=id2label, **overrides
             )
-        except ValueError as error:
-            variant_error = error  # not a variant: try it as a Hub id below
-        else:
             logger.info("Training %s from random initialisation", name)
             model = AutoModelForImageClassification.from_config(config)
             if model_args.image_processor_name:
@@ -327,11 +337,14 @@ def build_model_and_processor(model_args: ModelArguments, label_names: list[str]
     }
     try:
         config = AutoConfig.from_pretrained(
-            name, num_labels=len(label_names), label2id=label2id, id2label=id2label, **overrides, **hub_kwargs
+            name, num_labels=len(label_names), label2id=label2id, id2label=id2label, **hub_kwargs
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: not even a valid repo id
         hint = f" It is not a VMamba variant either: {variant_error}" if variant_error else ""
         raise ValueError(f"--model_name_or_path {name!r} is not a loadable model folder or Hub id ({error}).{hint}")
+    check_override_keys(config, overrides)
+    for key, value in overrides.items():
+        setattr(config, key, value)
     model = AutoModelForImageClassification.from_pretrained(
         name, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **hub_kwargs
     )

@@ -23,7 +23,7 @@ sys.path.insert(0, str(EXAMPLES))
 import digits_dataset  # noqa: E402
 import run_image_classification  # noqa: E402
 
-TINY_OVERRIDES = {"depths": [1, 1, 1, 1], "dims": [16, 24, 32, 48], "drop_path_rate": 0.0}
+TINY_OVERRIDES = {"depths": [1, 1, 1, 1], "hidden_sizes": [16, 24, 32, 48], "drop_path_rate": 0.0}
 IMAGE_SIZE = 32
 
 
@@ -32,6 +32,7 @@ def _subprocess_env() -> dict:
     paths = [str(REPO / "src"), str(REPO / "kernels")]
     env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only contend on a shared CI machine
     return env
 
 
@@ -51,17 +52,22 @@ def digits_dir(tmp_path_factory) -> Path:
 def demo_result(tmp_path_factory) -> dict:
     import demo
 
-    return demo.run_demo(
-        tmp_path_factory.mktemp("demo"),
-        max_steps=25,
-        batch_size=32,
-        learning_rate=3e-3,
-        config_overrides=TINY_OVERRIDES,
-        max_eval_samples=64,
-        n_show=6,
-        logging_steps=1,
-        progress_bar=False,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as demo.py does: a tiny model gains nothing from contended threads
+    try:
+        return demo.run_demo(
+            tmp_path_factory.mktemp("demo"),
+            max_steps=25,
+            batch_size=32,
+            learning_rate=3e-3,
+            config_overrides=TINY_OVERRIDES,
+            max_eval_samples=64,
+            n_show=6,
+            logging_steps=1,
+            progress_bar=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_digits_imagefolder_content_split_and_idempotence(digits_dir, tmp_path):
@@ -131,13 +137,24 @@ def test_train_transform_without_cropping_matches_eval_transform():
     assert cropped.shape == (3, 3, 24, 24)
 
 
-def test_bad_arguments_raise_clear_errors():
+def test_bad_arguments_raise_clear_errors(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the typo below is tried on the Hub too
     with pytest.raises(ValueError, match="JSON object"):
         run_image_classification.parse_config_overrides("depths=[1,1,1,1]")
     with pytest.raises(ValueError, match="JSON object"):
         run_image_classification.parse_config_overrides("[1, 2]")
     with pytest.raises(ValueError, match="dataset_name"):
         run_image_classification.DataTrainingArguments()
+    typo = run_image_classification.ModelArguments(
+        model_name_or_path="vmamba-tiny-s1l8", config_overrides='{"dims": [16, 24, 32, 48]}'
+    )
+    with pytest.raises(ValueError, match=r"no field\(s\) \['dims'\]"):
+        run_image_classification.build_model_and_processor(typo, ["a", "b"])
+    unknown = run_image_classification.ModelArguments(model_name_or_path="vmamba-tiny-s1l9-typo")
+    with pytest.raises(ValueError, match="known variants"):
+        run_image_classification.build_model_and_processor(unknown, ["a", "b"])
 
 
 def test_short_demo_loss_decreases_and_pipeline_reloads(demo_result):
