@@ -193,8 +193,10 @@ def test_inference_script_on_saved_folder(demo_result):
     scores = [p["score"] for p in top]
     assert len(top) == 3 and scores == sorted(scores, reverse=True) and sum(scores) <= 1.0 + 1e-6
 
-    missing = _run("inference.py", "--model", demo_result["model_dir"], str(Path(image).with_name("nope.png")))
-    assert missing.returncode != 0 and "neither an existing file nor an http(s) URL" in missing.stderr
+    import inference
+
+    with pytest.raises(FileNotFoundError, match="neither an existing file nor an http"):
+        inference.classify(demo_result["model_dir"], [str(Path(image).with_name("nope.png"))])
 
 
 def test_finetuning_cli_checkpoints_and_resume(digits_dir, tmp_path):
@@ -238,5 +240,5 @@ def test_finetuning_cli_checkpoints_and_resume(digits_dir, tmp_path):
     fresh_log = json.loads((tmp_path / "fresh" / "trainer_state.json").read_text())["log_history"]
     assert fresh_log[0]["loss"] != losses[1]  # the seed matters, so the check above can fail
 
-    bad = _run("run_image_classification.py", *common, "--resume_from_checkpoint", str(tmp_path / "missing"))
-    assert bad.returncode != 0 and "is not a folder" in bad.stderr
+    with pytest.raises(ValueError, match="is not a folder"):
+        run_image_classification.main([*common, "--resume_from_checkpoint", str(tmp_path / "missing")])
