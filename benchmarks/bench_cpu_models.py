@@ -134,9 +134,13 @@ def profile_model(model: torch.nn.Module, inputs: torch.Tensor, rows: int = 15) 
 
     with torch.inference_mode():
         model(inputs)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             model(inputs)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=rows, max_shapes_column_width=70
+    )
+    return f"By operator:\n{by_op}\nBy operator and input shapes:\n{by_shape}"
 
 
 def machine_info(threads: int) -> dict:
@@ -221,6 +225,8 @@ def markdown_report(results: dict) -> str:
         f"VMamba scan backend: {results.get('vmamba_backend', 'auto')} (CPU: the chunked pure-torch scan).",
         "",
     ]
+    if results.get("note"):
+        lines += [results["note"], ""]
     latency = results.get("latency")
     if latency:
         lines += [
@@ -251,7 +257,7 @@ def markdown_report(results: dict) -> str:
             "resident set during one forward pass (VmHWM minus VmRSS before the call, fresh process per point; "
             "includes activations and temporary buffers, not the weights).",
             "",
-            "![resolution sweep](resolution_sweep_cpu" + ("_quick" if results["quick"] else "") + ".png)",
+            f"![resolution sweep](resolution_sweep_cpu{results['suffix']}.png)",
             "",
             "| resolution | " + " | ".join(f"{n} ms" for n in names) + " | "
             + " | ".join(f"{n} MiB" for n in names) + " |",
@@ -294,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="few rounds, two resolutions: a smoke run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all logical CPUs)")
     parser.add_argument("--out_dir", default=str(Path(__file__).resolve().parent))
+    parser.add_argument("--note", default=None, help="free text added to the report (e.g. why this thread count)")
+    parser.add_argument("--suffix", default=None, help="output file suffix (default: '_quick' with --quick)")
     parser.add_argument("--resolutions", default=None, help="comma-separated sweep resolutions")
     parser.add_argument("--sweep_models", default="VMamba-T,DeiT-S,Swin-T,ConvNeXt-T")
     parser.add_argument("--skip_latency", action="store_true")
@@ -310,9 +318,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(threads)
 
     out_dir = Path(args.out_dir)
-    suffix = "_quick" if args.quick else ""
+    suffix = args.suffix if args.suffix is not None else ("_quick" if args.quick else "")
     results = {
         "quick": args.quick,
+        "suffix": suffix,
+        "note": args.note,
         "machine": machine_info(threads),
         "load_before": load_average(),
         "vmamba_backend": os.environ.get("VMAMBA_SCAN_BACKEND", "auto"),
