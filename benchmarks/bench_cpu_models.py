@@ -248,7 +248,11 @@ def markdown_report(results: dict) -> str:
                 f"{row['min_ms']:.1f} | {row['median_ms'] / row['batch']:.1f} | {row['vs_Swin-T']:.2f}x | "
                 f"{row['vs_ConvNeXt-T']:.2f}x |"
             )
-        lines += ["", "Ratios are latency / baseline latency in the same run: below 1.00x is faster than the baseline.", ""]
+        lines += [
+            "",
+            "Ratios are latency / baseline latency in the same run: below 1.00x is faster than the baseline.",
+            "",
+        ]
         for batch, verdict in latency["verdicts"].items():
             lines.append(f"- batch {batch}: {verdict}")
         lines.append("")

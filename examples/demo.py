@@ -105,7 +105,9 @@ def run_demo(
     predictions = []
     for path, result in zip(shown, classifier([str(p) for p in shown], top_k=1)):
         best = result[0]
-        predictions.append({"image": str(path), "truth": path.parent.name, "label": best["label"], "score": best["score"]})
+        predictions.append(
+            {"image": str(path), "truth": path.parent.name, "label": best["label"], "score": best["score"]}
+        )
     return {
         "accuracy": metrics["eval_accuracy"],
         "eval_loss": metrics["eval_loss"],

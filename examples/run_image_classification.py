@@ -415,6 +415,8 @@ def main(argv: list[str] | None = None):
             raise ValueError("Evaluation needs a validation split (--validation_dir or --train_val_split > 0)")
         eval_dataset = dataset["validation"]
         if data_args.max_eval_samples is not None:
+            # Image folders list their files class by class: shuffle first so that a subset holds every class.
+            eval_dataset = eval_dataset.shuffle(seed=training_args.seed)
             eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
         eval_dataset.set_transform(make_batch_transform(EvalTransform(image_processor), image_col, label_col))
 

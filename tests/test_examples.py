@@ -132,7 +132,8 @@ def test_train_transform_without_cropping_matches_eval_transform():
     # flip only mirrors; random crops stay at the model's input size
     flipped = run_image_classification.TrainTransform(processor, random_flip=True, min_crop_scale=1.0)
     outputs = [flipped(images[:1])[0] for _ in range(12)]
-    assert all(torch.allclose(o, train[0], atol=1e-5) or torch.allclose(o, train[0].flip(-1), atol=1e-5) for o in outputs)
+    mirrored = train[0].flip(-1)
+    assert all(torch.allclose(o, train[0], atol=1e-5) or torch.allclose(o, mirrored, atol=1e-5) for o in outputs)
     cropped = run_image_classification.TrainTransform(processor, random_flip=False, min_crop_scale=0.1)(images)
     assert cropped.shape == (3, 3, 24, 24)
 
@@ -234,7 +235,8 @@ def test_finetuning_cli_checkpoints_and_resume(digits_dir, tmp_path):
     assert all(losses[e["step"]] == e["loss"] for e in checkpoint_log if "loss" in e)
 
     fresh = _run(
-        "run_image_classification.py", *common, "--max_steps", "1", "--seed", "1", "--output_dir", str(tmp_path / "fresh")
+        "run_image_classification.py", *common,
+        "--max_steps", "1", "--seed", "1", "--output_dir", str(tmp_path / "fresh"),
     )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     fresh_log = json.loads((tmp_path / "fresh" / "trainer_state.json").read_text())["log_history"]
