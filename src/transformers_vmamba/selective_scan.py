@@ -118,14 +118,16 @@ def cross_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return forward[:, 0] + col_major
 
 
-def _default_chunk_size(length: int) -> int:
-    """About sqrt(L): the in-chunk sweeps and the cross-chunk carry loop then take equally few steps."""
-    return max(1, math.isqrt(max(length - 1, 0)) + 1)
+def _default_chunk_size(length: int, d_state: int) -> int:
+    """About sqrt(L), where the in-chunk sweeps and the cross-chunk loop take equally few steps; half that for
+    N > 1, where the per-chunk carry work is small next to the sweeps and longer contiguous rows pay (measured)."""
+    root = math.isqrt(max(length - 1, 0)) + 1
+    return max(1, root if d_state == 1 else (root + 1) // 2)
 
 
 # Elements of the (positions x states x channels) working tensors processed at once: bounds the transient memory
 # of the backward pass (four such tensors) and keeps a block's sweeps in cache.
-_BLOCK_ELEMENTS = 1 << 22
+_BLOCK_ELEMENTS = 1 << 21
 
 
 def _to_steps(t: torch.Tensor, chunk: int, num_chunks: int) -> torch.Tensor:
@@ -291,7 +293,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size):
         dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
         length = u.shape[-1]
-        chunk = min(chunk_size or _default_chunk_size(length), length)
+        chunk = min(chunk_size or _default_chunk_size(length, B.shape[2]), length)
         ops = _RowOperands(u, delta, A, B, C, delta_bias, delta_softplus, chunk, dtype)
         y = torch.empty_like(ops.u)
         for rows, channels, _, operands in ops.blocks():
