@@ -33,7 +33,10 @@ def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
 
 def _check_scan_shapes(u, delta, A, B, C, D, delta_bias):
     if u.dim() != 3 or B.dim() != 4:
-        raise ValueError(f"expected u of shape (batch, K*D, L) and B of shape (batch, K, N, L), got {tuple(u.shape)} and {tuple(B.shape)}")
+        raise ValueError(
+            "expected u of shape (batch, K*D, L) and B of shape (batch, K, N, L), "
+            f"got {tuple(u.shape)} and {tuple(B.shape)}"
+        )
     batch, channels, length = u.shape
     _, groups, d_state, _ = B.shape
     if channels % groups != 0:
