@@ -4,13 +4,14 @@ Shapes are VMamba's per-stage scans at 224x224, batch 1 (four directions folded 
 Both paths run on the same inputs in the same process; results are medians after a warm-up, reported as
 ratios to the reference. Usage::
 
-    python benchmarks/bench_cpu_scan.py --threads 1 --output benchmarks/RESULTS_cpu_scan.md
+    python benchmarks/bench_cpu_scan.py --threads 1 2 --output benchmarks/RESULTS_cpu_scan.md
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -74,15 +75,23 @@ def time_call(fn, inputs, backward, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="one run per thread count")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of the chunked scan")
     parser.add_argument("--reference-repeats", type=int, default=2, help="timed calls of the (slow) reference")
     parser.add_argument("--skip-reference-backward-above", type=int, default=5 * 10**7,
                         help="skip the reference fwd+bwd when batch*K*D*N*L exceeds this (it is very slow)")
     parser.add_argument("--output", type=Path, help="write a markdown table here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    runs = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"--- {threads} thread(s)", flush=True)
+        runs.append((threads, run_cases(args), os.getloadavg()))
+    if args.output:
+        write_markdown(args, runs)
 
+
+def run_cases(args):
     rows = []
     for name, batch, groups, per_group, d_state, length in CASES:
         inputs = make_inputs(batch, groups, per_group, d_state, length)
@@ -98,42 +107,56 @@ def main():
                         if size <= args.skip_reference_backward_above else float("nan")),
             "fast_bwd": time_call(selective_scan_chunked, inputs, True, args.repeats),
         }
-        row = (name, f"{batch}x{groups}*{per_group}", d_state, length, times, float(error))
-        rows.append(row)
+        rows.append((name, f"{batch}x{groups}*{per_group}", d_state, length, times, float(error)))
         print(f"{name:26s} ref fwd {times['ref_fwd']:9.1f} ms  chunked fwd {times['fast_fwd']:8.1f} ms "
-              f"(x{times['ref_fwd'] / times['fast_fwd']:.0f})  ref fwd+bwd {times['ref_bwd']:9.1f} ms  "
-              f"chunked fwd+bwd {times['fast_bwd']:8.1f} ms (x{times['ref_bwd'] / times['fast_bwd']:.0f})  "
+              f"(x{times['ref_fwd'] / times['fast_fwd']:.1f})  ref fwd+bwd {times['ref_bwd']:9.1f} ms  "
+              f"chunked fwd+bwd {times['fast_bwd']:8.1f} ms (x{times['ref_bwd'] / times['fast_bwd']:.1f})  "
               f"rel err {error:.1e}", flush=True)
-
-    if args.output:
-        write_markdown(args, rows)
+    return rows
 
 
-def write_markdown(args, rows):
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_markdown(args, runs):
+    threads_flag = " ".join(str(t) for t in args.threads)
     lines = [
         "# CPU selective scan: reference loop vs chunked scan",
         "",
         f"- Date: {datetime.date.today().isoformat()}",
-        f"- Machine: {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs visible), "
-        f"{platform.system()} {platform.release()}",
-        f"- torch {torch.__version__}, {args.threads} threads (`torch.set_num_threads`), float32 inputs",
-        f"- Load average at the end of the run: {', '.join(f'{v:.1f}' for v in os.getloadavg())}",
-        f"- Command: `python benchmarks/bench_cpu_scan.py --threads {args.threads} --repeats {args.repeats} "
+        f"- Machine: {cpu_name()}, {os.cpu_count()} CPUs visible, {platform.system()} {platform.release()}",
+        f"- torch {torch.__version__}, float32 inputs",
+        f"- Command: `python benchmarks/bench_cpu_scan.py --threads {threads_flag} --repeats {args.repeats} "
         f"--reference-repeats {args.reference_repeats}`",
-        "- Median wall time after one warm-up call. Speed-up = reference / chunked, measured in the same run;",
-        "  nan: reference fwd+bwd skipped for size (see --skip-reference-backward-above).",
+        "- Median wall time after one warm-up call. Speed-up = reference loop / chunked scan, measured in the same",
+        "  run: the CPUs may be shared with other jobs, so compare ratios within a run rather than absolute times.",
+        "  Reference fwd+bwd is skipped above --skip-reference-backward-above elements.",
         "  Rel. error: max |chunked (float32) - reference (float64)| / max |reference|.",
-        "",
-        "| scan | batch x K*D | N | L | ref fwd ms | chunked fwd ms | fwd speed-up | ref fwd+bwd ms | "
-        "chunked fwd+bwd ms | fwd+bwd speed-up | rel. error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, channels, d_state, length, t, error in rows:
-        lines.append(
-            f"| {name} | {channels} | {d_state} | {length} | {t['ref_fwd']:.1f} | {t['fast_fwd']:.1f} | "
-            f"{t['ref_fwd'] / t['fast_fwd']:.1f}x | {t['ref_bwd']:.1f} | {t['fast_bwd']:.1f} | "
-            f"{t['ref_bwd'] / t['fast_bwd']:.1f}x | {error:.1e} |"
-        )
+    for threads, rows, load in runs:
+        lines += [
+            "",
+            f"## {threads} thread{'s' if threads > 1 else ''} (`torch.set_num_threads({threads})`; "
+            f"load average after the run: {', '.join(f'{v:.1f}' for v in load)})",
+            "",
+            "| scan | batch x K*D | N | L | ref fwd ms | chunked fwd ms | fwd speed-up | ref fwd+bwd ms | "
+            "chunked fwd+bwd ms | fwd+bwd speed-up | rel. error |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, channels, d_state, length, t, error in rows:
+            ref_bwd = "skipped" if math.isnan(t["ref_bwd"]) else f"{t['ref_bwd']:.1f}"
+            bwd_ratio = "-" if math.isnan(t["ref_bwd"]) else f"{t['ref_bwd'] / t['fast_bwd']:.1f}x"
+            lines.append(
+                f"| {name} | {channels} | {d_state} | {length} | {t['ref_fwd']:.1f} | {t['fast_fwd']:.1f} | "
+                f"{t['ref_fwd'] / t['fast_fwd']:.1f}x | {ref_bwd} | {t['fast_bwd']:.1f} | {bwd_ratio} | {error:.1e} |"
+            )
     text = "\n".join(lines) + "\n"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=args.output.parent, delete=False, suffix=".tmp") as handle:

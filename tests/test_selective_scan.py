@@ -37,7 +37,8 @@ def make_scan_inputs(batch, groups, per_group, d_state, length, decay="realistic
     channels = groups * per_group
     if decay == "realistic":
         # VMamba's initialisation: A = -exp(A_log) with A_log = log(1..N); dt ~ softplus(small).
-        A = -torch.arange(1, d_state + 1, dtype=torch.float64).repeat(channels, 1) * torch.exp(0.3 * randn(channels, d_state))
+        s4d_real = torch.arange(1, d_state + 1, dtype=torch.float64).repeat(channels, 1)
+        A = -s4d_real * torch.exp(0.3 * randn(channels, d_state))
         delta, delta_bias = randn(batch, channels, length), 0.5 * randn(channels) - 2.0
     elif decay == "extreme":
         # dt * A far below -10 per step (down to about -1e3) mixed with slow channels: exp underflows to 0.
@@ -123,7 +124,8 @@ SCAN_CASES = [
 @pytest.mark.parametrize("batch,groups,per_group,d_state,length,chunk_size,decay", SCAN_CASES)
 def test_chunked_scan_matches_float64_reference(batch, groups, per_group, d_state, length, chunk_size, decay):
     inputs = make_scan_inputs(batch, groups, per_group, d_state, length, decay)
-    upstream = torch.randn(batch, groups * per_group, length, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    upstream = torch.randn(batch, groups * per_group, length, dtype=torch.float64, generator=generator)
     y_ref, grads_ref = values_and_grads(selective_scan_reference, inputs, upstream)
     assert torch.isfinite(y_ref).all()
 
@@ -259,7 +261,8 @@ SS2D_CASES = [
 @pytest.mark.parametrize("batch,channels,d_state,height,width,decay", SS2D_CASES)
 def test_ss2d_matches_definition_in_float64(batch, channels, d_state, height, width, decay):
     inputs = make_ss2d_inputs(batch, channels, d_state, height, width, decay)
-    upstream = torch.randn(batch, channels, height, width, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    upstream = torch.randn(batch, channels, height, width, dtype=torch.float64, generator=generator)
     y_ref, grads_ref = values_and_grads(ss2d_by_definition, inputs, upstream)
     for scan_fn in (selective_scan_reference, selective_scan_chunked):
         y64, grads64 = values_and_grads(ss2d_selective_scan_torch, inputs, upstream, scan_fn=scan_fn)
