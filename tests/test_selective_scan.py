@@ -333,3 +333,22 @@ def test_ss2d_runs_under_torch_compile():
     torch.testing.assert_close(y, expected)
     for name, grad in grads_expected.items():
         torch.testing.assert_close(grads[name], grad)
+
+
+@pytest.mark.parametrize("delta_softplus", [True, False])
+def test_chunked_scan_padding_cannot_overflow(delta_softplus):
+    """Growing modes (A > 0, allowed by the contract) with a large bias: the padded tail of the last chunk must not
+    turn into inf * 0 = nan in values or gradients."""
+    inputs = make_scan_inputs(1, 2, 2, 2, 10, seed=11)
+    inputs["A"] = torch.full_like(inputs["A"], 0.5)
+    # delta + delta_bias is small where the sequence is, but delta_bias alone (what a zero-padded delta would
+    # give) means dt = 2000 and exp(dt * A) = inf.
+    inputs["delta"] = 0.5 * inputs["delta"].abs() - 2000.0
+    inputs["delta_bias"] = torch.full_like(inputs["delta_bias"], 2000.0)
+    upstream = torch.randn(1, 4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    y_ref, grads_ref = values_and_grads(selective_scan_reference, inputs, upstream, delta_softplus=delta_softplus)
+    assert torch.isfinite(y_ref).all()
+    y, grads = values_and_grads(selective_scan_chunked, inputs, upstream, chunk_size=4, delta_softplus=delta_softplus)
+    assert_close_scaled(y, y_ref, FLOAT64_REL, "y")
+    for name, grad in grads_ref.items():
+        assert_close_scaled(grads[name], grad, FLOAT64_REL, f"grad {name}")

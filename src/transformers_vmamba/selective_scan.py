@@ -133,26 +133,23 @@ def _default_chunk_size(length: int, d_state: int) -> int:
 _BLOCK_ELEMENTS = 1 << 21
 
 
-def _to_steps(t: torch.Tensor, chunk: int, num_chunks: int) -> torch.Tensor:
+def _to_steps(t: torch.Tensor, chunk: int, num_chunks: int, pad_value: float = 0.0) -> torch.Tensor:
     """(R, X, L) -> (T, R, X, chunks), zero-padded to chunks * T: one in-chunk position of all chunks is a slice.
 
     Keeping (R, X, chunks) in order makes this a 2D transpose of (R*X*chunks, T); written as one, torch copies it
-    several times faster than as the equivalent 4D permute.
+    several times faster than as the equivalent 4D permute. Plain torch ops, so autograd sees through it.
     """
     rows, features, length = t.shape
     pad = num_chunks * chunk - length
     if pad:
-        t = F.pad(t, (0, pad))
+        t = F.pad(t, (0, pad), value=pad_value)
     return t.reshape(-1, chunk).t().contiguous().view(chunk, rows, features, num_chunks)
 
 
-def _store_from_steps(t: torch.Tensor, out: torch.Tensor) -> None:
-    """Write (T, R, X, chunks) into ``out`` (R, X, L), the inverse of ``_to_steps``."""
+def _from_steps(t: torch.Tensor, length: int) -> torch.Tensor:
+    """(T, R, X, chunks) -> (R, X, L): inverse of ``_to_steps``, dropping the padding."""
     chunk, rows, features, num_chunks = t.shape
-    if out.is_contiguous() and out.shape[-1] == num_chunks * chunk:
-        out.view(-1, chunk).copy_(t.view(chunk, -1).t())
-    else:
-        out.copy_(t.view(chunk, -1).t().contiguous().view(rows, features, num_chunks * chunk)[:, :, : out.shape[-1]])
+    return t.reshape(chunk, -1).t().reshape(rows, features, num_chunks * chunk)[:, :, :length]
 
 
 # Big working tensors are (T, R, N, Dg, chunks); a step slice [t] is (R, N, Dg, chunks). Small ones are
@@ -247,113 +244,93 @@ def _blocks(rows: int, channels: int, d_state: int, padded_length: int):
                 yield slice(row, row + 1), slice(start, min(start + width, channels))
 
 
-class _RowOperands:
-    """The scan's inputs in row layout, computed in the compute dtype.
-
-    A row is one (batch, group) pair: its ``Dg`` channels share one B/C row and one block of ``A``.
-    """
-
-    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus, chunk, dtype):
-        batch, channels, length = u.shape
-        groups, d_state = B.shape[1], B.shape[2]
-        self.rows, self.per_group, self.groups, self.d_state = batch * groups, channels // groups, groups, d_state
-        self.length, self.chunk, self.num_chunks = length, chunk, -(-length // chunk)
-        self.u = u.to(dtype).reshape(self.rows, self.per_group, length)
-        dt_raw = delta.to(dtype).reshape(batch, groups, self.per_group, length)
-        if delta_bias is not None:
-            dt_raw = dt_raw + delta_bias.to(dtype).reshape(groups, self.per_group, 1)
-        self.dt_raw = dt_raw.reshape(self.rows, self.per_group, length)
-        self.dt = F.softplus(self.dt_raw) if delta_softplus else self.dt_raw
-        self.dtu = self.dt * self.u
-        self.A = A.to(dtype).reshape(groups, self.per_group, d_state).transpose(1, 2)[..., None]  # (groups, N, Dg, 1)
-        self.B = B.to(dtype).reshape(self.rows, d_state, length)
-        self.C = C.to(dtype).reshape(self.rows, d_state, length)
-
-    def blocks(self, *per_channel):
-        """Yield (rows, channels, group_index, block operands in step layout) for every block.
-
-        The block operands are dt, dtu, A, B, C followed by the given extra (rows, Dg, L) tensors.
-        """
-        steps = lambda t: _to_steps(t, self.chunk, self.num_chunks)  # noqa: E731
-        padded = self.num_chunks * self.chunk
-        for rows, channels in _blocks(self.rows, self.per_group, self.d_state, padded):
-            group_index = torch.arange(rows.start, rows.stop, device=self.u.device) % self.groups
-            operands = [steps(self.dt[rows, channels]), steps(self.dtu[rows, channels])]
-            operands += [self.A[group_index][:, :, channels], steps(self.B[rows]), steps(self.C[rows])]
-            operands += [steps(t[rows, channels]) for t in per_channel]
-            yield rows, channels, group_index, operands
+def _block_inputs(u, delta, delta_bias, group_index, rows, channels, delta_softplus):
+    """u, dt before and after the softplus, and dt * u of one block, in step layout."""
+    u = u[:, rows, channels]
+    dt_raw = delta[:, rows, channels]
+    if delta_bias is not None:
+        dt_raw = dt_raw + delta_bias[group_index][:, channels][None, :, :, None]
+    dt = F.softplus(dt_raw) if delta_softplus else dt_raw
+    return u, dt_raw, dt, dt * u
 
 
-class _ChunkedSelectiveScan(torch.autograd.Function):
-    """Chunked scan with a hand-written backward that recomputes the states block by block.
+class _StepScan(torch.autograd.Function):
+    """Chunked selective scan on step-layout inputs, with a hand-written backward that recomputes the states.
 
+    u, delta: (T, R, Dg, chunks); A: (groups, N, Dg); B, C: (T, R, N, chunks); D, delta_bias: (groups, Dg) or
+    None. Row r is group ``r % groups`` of batch element ``r // groups``. All in the compute dtype.
     Autograd through the sweeps would keep every step's intermediates (several copies of the full
-    (batch, K*D, N, L) state); this keeps only the inputs, so training memory stays at the size of the inputs
-    plus one block.
+    (batch, K*D, N, L) state); this keeps only the inputs, and works through blocks of about ``_BLOCK_ELEMENTS``
+    states so the transient memory stays bounded.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size):
-        dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
-        length = u.shape[-1]
-        chunk = min(chunk_size or _default_chunk_size(length, B.shape[2]), length)
-        ops = _RowOperands(u, delta, A, B, C, delta_bias, delta_softplus, chunk, dtype)
-        y = torch.empty_like(ops.u)
-        for rows, channels, _, operands in ops.blocks():
-            _store_from_steps(_block_forward(*operands), y[rows, channels])
-        y = y.reshape(u.shape)
-        if D is not None:
-            y.addcmul_(D.to(dtype)[:, None], ops.u.reshape(u.shape))
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
+        steps, num_rows, per_group, num_chunks = u.shape
+        y = torch.empty_like(u)
+        for rows, channels in _blocks(num_rows, per_group, A.shape[1], steps * num_chunks):
+            group_index = torch.arange(rows.start, rows.stop, device=u.device) % groups
+            u_block, _, dt, dtu = _block_inputs(u, delta, delta_bias, group_index, rows, channels, delta_softplus)
+            y_block = _block_forward(dt, dtu, A[group_index][:, :, channels, None], B[:, rows], C[:, rows])
+            if D is not None:
+                y_block.addcmul_(D[group_index][:, channels][None, :, :, None], u_block)
+            y[:, rows, channels] = y_block
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.settings = (delta_softplus, chunk, dtype)
+        ctx.settings = (delta_softplus, groups)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
-        delta_softplus, chunk, dtype = ctx.settings
-        ops = _RowOperands(u, delta, A, B, C, delta_bias, delta_softplus, chunk, dtype)
-        grad_y = grad_y.to(dtype)
-
-        grad_dt, grad_dtu = torch.empty_like(ops.dt), torch.empty_like(ops.dt)
-        grad_A = torch.zeros_like(ops.A[..., 0])
-        grad_B, grad_C = torch.empty_like(ops.B), torch.empty_like(ops.C)
-        for rows, channels, group_index, operands in ops.blocks(grad_y.reshape(ops.u.shape)):
-            g_dt, g_dtu, g_A, g_B, g_C = _block_backward(*operands)
-            _store_from_steps(g_dt, grad_dt[rows, channels])
-            _store_from_steps(g_dtu, grad_dtu[rows, channels])
-            grad_A[:, :, channels].index_add_(0, group_index, g_A)
+        delta_softplus, groups = ctx.settings
+        steps, num_rows, per_group, num_chunks = u.shape
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+        grad_A, grad_B, grad_C = torch.zeros_like(A), torch.empty_like(B), torch.empty_like(C)
+        grad_D = torch.zeros_like(D) if D is not None else None
+        grad_bias = torch.zeros_like(delta_bias) if delta_bias is not None else None
+        for rows, channels in _blocks(num_rows, per_group, A.shape[1], steps * num_chunks):
+            group_index = torch.arange(rows.start, rows.stop, device=u.device) % groups
+            u_block, dt_raw, dt, dtu = _block_inputs(u, delta, delta_bias, group_index, rows, channels, delta_softplus)
+            gy = grad_y[:, rows, channels]
+            g_dt, g_dtu, g_A, g_B, g_C = _block_backward(
+                dt, dtu, A[group_index][:, :, channels, None], B[:, rows], C[:, rows], gy
+            )
+            # dtu = dt * u, dt = softplus(delta + delta_bias), y += D * u.
+            g_u = g_dtu * dt
+            if D is not None:
+                g_u.addcmul_(D[group_index][:, channels][None, :, :, None], gy)
+                grad_D[:, channels] += _sum_rows_into_groups((gy * u_block).sum((0, 3)), group_index, groups)
+            grad_u[:, rows, channels] = g_u
+            g_dt.addcmul_(g_dtu, u_block)
+            if delta_softplus:
+                g_dt.mul_(torch.sigmoid(dt_raw))
+            grad_delta[:, rows, channels] = g_dt
+            if delta_bias is not None:
+                grad_bias[:, channels] += _sum_rows_into_groups(g_dt.sum((0, 3)), group_index, groups)
+            grad_A[:, :, channels] += _sum_rows_into_groups(g_A, group_index, groups)
             if channels.start == 0:
-                _store_from_steps(g_B, grad_B[rows])
-                _store_from_steps(g_C, grad_C[rows])
-            else:  # a later channel block of the same rows: B and C are shared, accumulate
-                for grad, block_grad in ((grad_B, g_B), (grad_C, g_C)):
-                    partial = torch.empty_like(grad[rows])
-                    _store_from_steps(block_grad, partial)
-                    grad[rows] += partial
+                grad_B[:, rows], grad_C[:, rows] = g_B, g_C
+            else:  # a later channel block of the same rows: B and C are shared by the group, accumulate
+                grad_B[:, rows] += g_B
+                grad_C[:, rows] += g_C
+        return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias, None, None
 
-        # dtu = dt * u and dt = softplus(delta + delta_bias).
-        grad_u = (grad_dtu * ops.dt).reshape(u.shape)
-        grad_dt.addcmul_(grad_dtu, ops.u)
-        grad_delta = (grad_dt.mul_(torch.sigmoid(ops.dt_raw)) if delta_softplus else grad_dt).reshape(u.shape)
-        grad_D = grad_delta_bias = None
-        if D is not None:
-            grad_u.addcmul_(D.to(dtype)[:, None], grad_y)
-            grad_D = (grad_y * ops.u.reshape(u.shape)).sum((0, 2)).to(D.dtype)
-        if delta_bias is not None:
-            grad_delta_bias = grad_delta.sum((0, 2)).to(delta_bias.dtype)
-        return (
-            grad_u.to(u.dtype),
-            grad_delta.to(delta.dtype),
-            grad_A.transpose(1, 2).reshape(A.shape).to(A.dtype),
-            grad_B.reshape(B.shape).to(B.dtype),
-            grad_C.reshape(C.shape).to(C.dtype),
-            grad_D,
-            grad_delta_bias,
-            None,
-            None,
-        )
+
+def _sum_rows_into_groups(per_row: torch.Tensor, group_index: torch.Tensor, groups: int) -> torch.Tensor:
+    """Sum per-row parameter gradients (R, ...) into their groups (groups, ...)."""
+    return per_row.new_zeros(groups, *per_row.shape[1:]).index_add_(0, group_index, per_row)
+
+
+@torch.compiler.disable
+def _step_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
+    """Run eagerly under torch.compile: tracing would unroll every sweep step (minutes of compile per shape) for
+    no gain, while a graph break costs one Python call. Takes A as (groups*Dg, N) and D, delta_bias as (groups*Dg,)."""
+    per_group = u.shape[2]
+    A = A.reshape(groups, per_group, -1).transpose(1, 2)
+    D = D.reshape(groups, per_group) if D is not None else None
+    delta_bias = delta_bias.reshape(groups, per_group) if delta_bias is not None else None
+    return _StepScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, groups)
 
 
 def selective_scan_chunked(
@@ -375,19 +352,40 @@ def selective_scan_chunked(
     entry state and contracts with ``C``. Only decays ``exp(dt * A)`` of single steps or of whole chunks are ever
     formed, exactly the products the step-by-step recurrence forms, so strong decay (``dt * A`` of -10 or less
     per step) just underflows to zero as it does there: no ``exp(-cumsum)`` that could overflow, no clamping.
-    The backward recomputes the states block by block instead of keeping them (see ``_ChunkedSelectiveScan``).
+    The backward recomputes the states block by block instead of keeping them (see ``_StepScan``).
     """
     _check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    return _run_chunked_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size)
+    dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
+    batch, channels, length = u.shape
+    groups, d_state = B.shape[1], B.shape[2]
+    chunk = min(chunk_size or _default_chunk_size(length, d_state), length)
+    num_chunks = -(-length // chunk)
 
+    def steps(t, features, pad_value=0.0):
+        return _to_steps(t.to(dtype).reshape(batch * groups, features, length), chunk, num_chunks, pad_value)
 
-@torch.compiler.disable
-def _run_chunked_scan(*args):
-    """Run eagerly under torch.compile: tracing would unroll every sweep step (minutes of compile per shape) for
-    no gain, while a graph break costs one Python call."""
-    return _ChunkedSelectiveScan.apply(*args)
+    # The padded tail of the last chunk must have dt = 0 (decay 1, no input) so that nothing there can overflow:
+    # softplus(-inf) = 0; without softplus, add the bias first and pad with 0.
+    delta_bias = delta_bias.to(dtype) if delta_bias is not None else None
+    if delta_softplus:
+        delta_steps = steps(delta, channels // groups, -math.inf)
+    else:
+        delta_steps = steps(delta if delta_bias is None else delta + delta_bias[:, None], channels // groups)
+        delta_bias = None
+    y = _step_scan(
+        steps(u, channels // groups),
+        delta_steps,
+        A.to(dtype),
+        steps(B, d_state),
+        steps(C, d_state),
+        D.to(dtype) if D is not None else None,
+        delta_bias,
+        delta_softplus,
+        groups,
+    )
+    return _from_steps(y, length).reshape(batch, channels, length)
 
 
 def route_order(images: torch.Tensor) -> torch.Tensor:
