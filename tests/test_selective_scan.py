@@ -259,6 +259,7 @@ SS2D_CASES = [
     (1, 2, 16, 9, 5, "realistic"),
     (2, 2, 1, 18, 10, "extreme"),
     (1, 2, 4, 7, 7, "extreme"),
+    (2, 3, 16, 6, 6, "realistic"),
 ]
 
 
@@ -283,21 +284,33 @@ def test_ss2d_matches_definition_in_float64(batch, channels, d_state, height, wi
 
 
 def test_ss2d_comparison_catches_a_port_that_mixes_up_height_and_width(monkeypatch):
-    """Mutation check: reading route 1 as a (W, H) reshape instead of the transpose must fail the comparison."""
+    """Mutation check: reading the column routes as a (W, H) reshape instead of the transpose must fail the
+    comparison, in the cross_scan path and in the fused route layout alike."""
     import transformers_vmamba.selective_scan as module
 
     inputs = make_ss2d_inputs(1, 2, 1, 5, 7)
     expected = ss2d_by_definition(**inputs)
-    assert_close_scaled(ss2d_selective_scan_torch(**inputs), expected, FLOAT64_REL)
+    for scan_fn in (selective_scan_reference, selective_scan_chunked):
+        assert_close_scaled(ss2d_selective_scan_torch(**inputs, scan_fn=scan_fn), expected, FLOAT64_REL)
 
     def wrong_cross_scan(x):
         batch, channels, height, width = x.shape
         routes = torch.stack([x.flatten(2), x.reshape(batch, channels, width, height).transpose(2, 3).flatten(2)], 1)
         return torch.cat([routes, routes.flip(-1)], dim=1)
 
+    correct_route_steps = module._route_steps
+
+    def wrong_route_steps(images, route):
+        if route % 2 == 1:
+            batch, channels, height, width = images.shape
+            images = images.reshape(batch, channels, width, height).transpose(2, 3)
+        return correct_route_steps(images, route)
+
     monkeypatch.setattr(module, "cross_scan", wrong_cross_scan)
-    with pytest.raises(AssertionError):
-        assert_close_scaled(module.ss2d_selective_scan_torch(**inputs), expected, FLOAT32_REL)
+    monkeypatch.setattr(module, "_route_steps", wrong_route_steps)
+    for scan_fn in (selective_scan_reference, selective_scan_chunked):
+        with pytest.raises(AssertionError):
+            assert_close_scaled(module.ss2d_selective_scan_torch(**inputs, scan_fn=scan_fn), expected, FLOAT32_REL)
 
 
 def test_ss2d_rejects_bad_shapes():

@@ -267,14 +267,18 @@ class _StepScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
         steps, num_rows, per_group, num_chunks = u.shape
-        y = torch.empty_like(u)
-        for rows, channels in _blocks(num_rows, per_group, A.shape[1], steps * num_chunks):
+        blocks = list(_blocks(num_rows, per_group, A.shape[1], steps * num_chunks))
+        y = torch.empty_like(u) if len(blocks) > 1 else None
+        for rows, channels in blocks:
             group_index = torch.arange(rows.start, rows.stop, device=u.device) % groups
             u_block, _, dt, dtu = _block_inputs(u, delta, delta_bias, group_index, rows, channels, delta_softplus)
             y_block = _block_forward(dt, dtu, A[group_index][:, :, channels, None], B[:, rows], C[:, rows])
             if D is not None:
                 y_block.addcmul_(D[group_index][:, channels][None, :, :, None], u_block)
-            y[:, rows, channels] = y_block
+            if y is None:  # one block holds everything
+                y = y_block
+            else:
+                y[:, rows, channels] = y_block
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
         ctx.settings = (delta_softplus, groups)
         return y
@@ -403,6 +407,65 @@ def route_order(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([routes[:, :2], routes[:, 2:].flip(-1)], dim=1)
 
 
+def _route_steps(images: torch.Tensor, route: int) -> torch.Tensor:
+    """(B, C, H, W) read in route ``route``'s order, directly in step layout with one chunk per image line.
+
+    Row routes (0, 2) cut the sequence at every image row (T = W, chunks = H), column routes (1, 3) at every
+    column (T = H, chunks = W); routes 2 and 3 are 0 and 1 backwards, i.e. both axes flipped.
+    Returns (T, B, C, chunks).
+    """
+    steps = images.permute(3, 0, 1, 2) if route % 2 == 0 else images.permute(2, 0, 1, 3)
+    return steps.flip(0, 3) if route >= 2 else steps
+
+
+def _route_image(steps: torch.Tensor, route: int) -> torch.Tensor:
+    """Inverse of ``_route_steps``: (T, B, C, chunks) -> (B, C, H, W) view."""
+    if route >= 2:
+        steps = steps.flip(0, 3)
+    return steps.permute(1, 2, 3, 0) if route % 2 == 0 else steps.permute(1, 2, 0, 3)
+
+
+def _ss2d_steps(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, dtype):
+    """SS2D through the chunked core without cross_scan/route_order/cross_merge copies or transposes.
+
+    Each route is cut into image lines, so its step layout is a permute (and flip) of the image. A square map
+    runs all four routes in one call; otherwise row and column routes have different chunk lengths and run as
+    two calls of two routes each.
+    """
+    batch, channels, height, width = x.shape
+    route_sets = [(0, 1, 2, 3)] if height == width else [(0, 2), (1, 3)]
+    A = A.to(dtype).reshape(4, channels, -1)
+    D = D.to(dtype).reshape(4, channels) if D is not None else None
+    delta_bias = delta_bias.to(dtype).reshape(4, channels) if delta_bias is not None else None
+    x, dts, Bs, Cs = (t.to(dtype) for t in (x, dts, Bs, Cs))
+    merged = None
+    for routes in route_sets:
+        def stacked(per_route):
+            steps = torch.stack([per_route(k) for k in routes], dim=2)  # (T, B, routes, C, chunks)
+            return steps.reshape(steps.shape[0], batch * len(routes), *steps.shape[3:])
+
+        picked = list(routes)
+        y = _step_scan(
+            stacked(lambda k: _route_steps(x, k)),
+            stacked(lambda k: _route_steps(dts[:, k], k)),
+            A[picked].reshape(len(routes) * channels, -1),
+            stacked(lambda k: _route_steps(Bs[:, k], k)),
+            stacked(lambda k: _route_steps(Cs[:, k], k)),
+            D[picked].reshape(-1) if D is not None else None,
+            delta_bias[picked].reshape(-1) if delta_bias is not None else None,
+            delta_softplus,
+            len(routes),
+        )
+        y = y.reshape(y.shape[0], batch, len(routes), channels, y.shape[-1])
+        for index, route in enumerate(routes):
+            image = _route_image(y[:, :, index], route)
+            if merged is None:
+                merged = image.clone(memory_format=torch.contiguous_format)
+            else:
+                merged.add_(image)
+    return merged
+
+
 def ss2d_selective_scan_torch(
     x: torch.Tensor,
     dts: torch.Tensor,
@@ -417,7 +480,9 @@ def ss2d_selective_scan_torch(
     """VMamba's SS2D core in image layout: four-route scan of ``x`` merged back to (B, D, H, W).
 
     ``x`` is (B, D, H, W); ``dts`` (B, 4, D, H, W) and ``Bs``, ``Cs`` (B, 4, N, H, W) are the per-direction
-    projections at image position (h, w); ``A`` is (4*D, N); ``D`` and ``delta_bias`` are (4*D,).
+    projections at image position (h, w); ``A`` is (4*D, N); ``D`` and ``delta_bias`` are (4*D,). With the default
+    ``scan_fn`` the routes go straight into the chunked scan's layout (no cross-scan copies); any other
+    ``scan_fn`` with the selective-scan signature runs on ``cross_scan``/``route_order`` copies.
     """
     if x.dim() != 4:
         raise ValueError(f"ss2d: x must be (B, D, H, W), got {tuple(x.shape)}")
@@ -431,6 +496,12 @@ def ss2d_selective_scan_torch(
     d_state = Bs.shape[2]
     if A.shape != (4 * channels, d_state):
         raise ValueError(f"ss2d: A has shape {tuple(A.shape)}, expected {(4 * channels, d_state)}")
+    for name, vector in (("D", D), ("delta_bias", delta_bias)):
+        if vector is not None and vector.shape != (4 * channels,):
+            raise ValueError(f"ss2d: {name} has shape {tuple(vector.shape)}, expected {(4 * channels,)}")
+    if scan_fn is selective_scan_chunked:
+        dtype = _compute_dtype(x, dts, A, Bs, Cs, D, delta_bias)
+        return _ss2d_steps(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, dtype)
     length = height * width
     u = cross_scan(x).reshape(batch, 4 * channels, length)
     delta = route_order(dts).reshape(batch, 4 * channels, length)
