@@ -1,7 +1,9 @@
 """CPU latency of the selective scan: the step-by-step reference loop against the chunked scan.
 
 Shapes are VMamba's per-stage scans at 224x224, batch 1 (four directions folded into the channels: K*D).
-Both paths run on the same inputs in the same process; results are medians after a warm-up, reported as
+A second table times the whole SS2D core (``ss2d_selective_scan_torch``): cross-scan copies + reference loop,
+cross-scan copies + chunked scan, and the fused path that reads the routes straight into the chunked layout.
+All paths run on the same inputs in the same process; results are medians after a warm-up, reported as
 ratios to the reference. Usage::
 
     python benchmarks/bench_cpu_scan.py --threads 1 2 --output benchmarks/RESULTS_cpu_scan.md
@@ -23,7 +25,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from transformers_vmamba.selective_scan import selective_scan_chunked, selective_scan_reference  # noqa: E402
+from transformers_vmamba.selective_scan import (  # noqa: E402
+    selective_scan_chunked,
+    selective_scan_reference,
+    ss2d_selective_scan_torch,
+)
 
 
 # name, batch, K, D (channels per direction), d_state N, L
@@ -39,6 +45,35 @@ CASES = [
     ("v2v tiny (s1l8) stage 4", 1, 4, 768, 1, 7 * 7),
     ("v0-T stage 1, batch 8", 8, 4, 192, 16, 56 * 56),
 ]
+
+# name, batch, D (channels), d_state N, H, W
+SS2D_CASES = [
+    ("v2v tiny (s1l8) stage 1", 1, 96, 1, 56, 56),
+    ("v2v tiny (s1l8) stage 2", 1, 192, 1, 28, 28),
+    ("v2v tiny (s1l8) stage 3", 1, 384, 1, 14, 14),
+    ("v2v tiny (s1l8) stage 4", 1, 768, 1, 7, 7),
+    ("v0-T stage 1", 1, 192, 16, 56, 56),
+    ("v2v tiny stage 1, 512x384 input", 1, 96, 1, 128, 96),
+]
+
+
+def chunked_via_cross_scan(*args, **kwargs):
+    """The chunked scan under another name, so ss2d_selective_scan_torch takes its cross_scan path."""
+    return selective_scan_chunked(*args, **kwargs)
+
+
+def make_ss2d_inputs(batch, channels, d_state, height, width, seed=0):
+    scan = make_inputs(batch, 4, channels, d_state, height * width, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    return dict(
+        x=torch.randn(batch, channels, height, width, generator=generator),
+        dts=scan["delta"].reshape(batch, 4, channels, height, width),
+        A=scan["A"],
+        Bs=scan["B"].reshape(batch, 4, d_state, height, width),
+        Cs=scan["C"].reshape(batch, 4, d_state, height, width),
+        D=scan["D"],
+        delta_bias=scan["delta_bias"],
+    )
 
 
 def make_inputs(batch, groups, per_group, d_state, length, seed=0):
@@ -86,7 +121,7 @@ def main():
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"--- {threads} thread(s)", flush=True)
-        runs.append((threads, run_cases(args), os.getloadavg()))
+        runs.append((threads, run_cases(args), run_ss2d_cases(args), os.getloadavg()))
     if args.output:
         write_markdown(args, runs)
 
@@ -115,6 +150,28 @@ def run_cases(args):
     return rows
 
 
+def run_ss2d_cases(args):
+    rows = []
+    for name, batch, channels, d_state, height, width in SS2D_CASES:
+        inputs = make_ss2d_inputs(batch, channels, d_state, height, width)
+        paths = {
+            "reference": lambda **kw: ss2d_selective_scan_torch(**kw, scan_fn=selective_scan_reference),
+            "cross_scan + chunked": lambda **kw: ss2d_selective_scan_torch(**kw, scan_fn=chunked_via_cross_scan),
+            "fused": ss2d_selective_scan_torch,
+        }
+        with torch.no_grad():
+            expected = paths["reference"](**{n: t.double() for n, t in inputs.items()})
+            error = (paths["fused"](**inputs).double() - expected).abs().max() / expected.abs().max()
+        times = {}
+        for path, fn in paths.items():
+            repeats = args.reference_repeats if path == "reference" else args.repeats
+            times[path] = (time_call(fn, inputs, False, repeats), time_call(fn, inputs, True, repeats))
+        rows.append((name, f"{batch}x{channels}", d_state, f"{height}x{width}", times, float(error)))
+        print(f"ss2d {name:32s} " + "  ".join(f"{p}: {f:.1f} / {b:.1f} ms" for p, (f, b) in times.items())
+              + f"  rel err {error:.1e}", flush=True)
+    return rows
+
+
 def cpu_name():
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -140,11 +197,13 @@ def write_markdown(args, runs):
         "  Reference fwd+bwd is skipped above --skip-reference-backward-above elements.",
         "  Rel. error: max |chunked (float32) - reference (float64)| / max |reference|.",
     ]
-    for threads, rows, load in runs:
+    for threads, rows, ss2d_rows, load in runs:
         lines += [
             "",
             f"## {threads} thread{'s' if threads > 1 else ''} (`torch.set_num_threads({threads})`; "
             f"load average after the run: {', '.join(f'{v:.1f}' for v in load)})",
+            "",
+            "Selective scan alone (`selective_scan_reference` vs `selective_scan_chunked`):",
             "",
             "| scan | batch x K*D | N | L | ref fwd ms | chunked fwd ms | fwd speed-up | ref fwd+bwd ms | "
             "chunked fwd+bwd ms | fwd+bwd speed-up | rel. error |",
@@ -156,6 +215,23 @@ def write_markdown(args, runs):
             lines.append(
                 f"| {name} | {channels} | {d_state} | {length} | {t['ref_fwd']:.1f} | {t['fast_fwd']:.1f} | "
                 f"{t['ref_fwd'] / t['fast_fwd']:.1f}x | {ref_bwd} | {t['fast_bwd']:.1f} | {bwd_ratio} | {error:.1e} |"
+            )
+        lines += [
+            "",
+            "Whole SS2D core (`ss2d_selective_scan_torch`), fwd / fwd+bwd ms; speed-up of the fused path over the",
+            "reference (cross_scan copies + reference loop) and over cross_scan copies + chunked scan:",
+            "",
+            "| SS2D | batch x D | N | H x W | reference | cross_scan + chunked | fused | fused vs reference | "
+            "fused vs cross_scan + chunked | rel. error (fused) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, channels, d_state, size, t, error in ss2d_rows:
+            ref, copies, fused = t["reference"], t["cross_scan + chunked"], t["fused"]
+            lines.append(
+                f"| {name} | {channels} | {d_state} | {size} | {ref[0]:.1f} / {ref[1]:.1f} | "
+                f"{copies[0]:.1f} / {copies[1]:.1f} | {fused[0]:.1f} / {fused[1]:.1f} | "
+                f"{ref[0] / fused[0]:.1f}x / {ref[1] / fused[1]:.1f}x | "
+                f"{copies[0] / fused[0]:.2f}x / {copies[1] / fused[1]:.2f}x | {error:.1e} |"
             )
     text = "\n".join(lines) + "\n"
     args.output.parent.mkdir(parents=True, exist_ok=True)
