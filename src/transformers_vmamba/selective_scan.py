@@ -134,7 +134,7 @@ _BLOCK_ELEMENTS = 1 << 21
 
 
 def _to_steps(t: torch.Tensor, chunk: int, num_chunks: int, pad_value: float = 0.0) -> torch.Tensor:
-    """(R, X, L) -> (T, R, X, chunks), zero-padded to chunks * T: one in-chunk position of all chunks is a slice.
+    """(R, X, L) -> (T, R, X, chunks), padded to chunks * T: one in-chunk position of all chunks is a slice.
 
     Keeping (R, X, chunks) in order makes this a 2D transpose of (R*X*chunks, T); written as one, torch copies it
     several times faster than as the equivalent 4D permute. Plain torch ops, so autograd sees through it.
