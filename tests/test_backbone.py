@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import fixtures_dir, tiny_config
+from conftest import fixtures_dir, run_remote_code_child, tiny_config
 from huggingface_hub.errors import HFValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -277,21 +274,7 @@ def test_remote_code_backbone_without_the_package(tmp_path):
     path = tmp_path / "backbone"
     backbone.save_pretrained(path)
     pixel_values = torch.randn(1, 3, 36, 20)
-    save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
-    script = tmp_path / "child.py"
-    script.write_text(REMOTE_CODE_CHILD)
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, str(script), str(path), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out.safetensors")],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = load_file(tmp_path / "out.safetensors")
+    got = run_remote_code_child(REMOTE_CODE_CHILD, path, pixel_values, tmp_path)
     with torch.no_grad():
         expected = backbone(pixel_values).feature_maps
     assert len(got) == len(expected)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import run_remote_code_child, tiny_config
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -152,23 +149,10 @@ REMOTE_CODE_CHILD = textwrap.dedent(
 def test_trust_remote_code_without_the_package(saved_model, tmp_path):
     model, path = saved_model
     pixel_values = torch.randn(2, 3, 37, 50)
-    save_file({"pixel_values": pixel_values}, tmp_path / "inputs.safetensors")
-    script = tmp_path / "child.py"
-    script.write_text(REMOTE_CODE_CHILD)
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, str(script), str(path), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out.safetensors")],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    got = run_remote_code_child(REMOTE_CODE_CHILD, path, pixel_values, tmp_path)
     with torch.no_grad():
         expected = model(pixel_values).logits
-    torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["logits"], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got["logits"], expected, atol=1e-6, rtol=0)
 
 
 def test_from_pretrained_initialises_missing_weights_on_meta(saved_model, tmp_path):
