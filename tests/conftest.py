@@ -15,19 +15,10 @@ from transformers_vmamba import VMambaConfig
 
 
 def fixtures_dir() -> Path:
-    """`$VMAMBA_FIXTURES`, else `shared/fixtures` next to the repository (how CI lays them out)."""
+    """The original implementation's parity fixtures: `tests/fixtures/original` (see its README), or
+    `$VMAMBA_FIXTURES`."""
     env = os.environ.get("VMAMBA_FIXTURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
-
-
-@pytest.fixture(scope="session")
-def fixtures_path() -> Path:
-    path = fixtures_dir()
-    if not (path / "inputs.safetensors").is_file():
-        pytest.fail(f"parity fixtures not found at {path} (set VMAMBA_FIXTURES)")
-    return path
+    return Path(env) if env else Path(__file__).resolve().parent / "fixtures" / "original"
 
 
 FAMILIES = ("vanilla-vmamba-tiny", "vmamba-tiny-s2l5", "vmamba-tiny-s1l8")

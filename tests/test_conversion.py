@@ -1,6 +1,7 @@
-"""Offline tests of the checkpoint converter (conversion/), run the way a user runs it.
+"""Offline tests of the checkpoint converter (`vmamba-convert`), run the way a user runs it.
 
-Fixture checkpoints and expected logits were produced by the original VMamba code (see shared/fixtures/README.md);
+Fixture checkpoints and expected logits were produced by the original VMamba code (see
+tests/fixtures/original/README.md);
 the full-size manifests hold the exact key/shape layout of the nine released models.
 """
 
@@ -20,23 +21,29 @@ import pytest
 import torch
 
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("VMAMBA_FIXTURES", REPO / ".." / "shared" / "fixtures")).resolve()
-SCRIPT = REPO / "conversion" / "convert_original_checkpoint.py"
-sys.path.insert(0, str(REPO / "conversion"))
+from conftest import fixtures_dir
 
-import convert_original_checkpoint as cli  # noqa: E402
-from model_card import build_model_card  # noqa: E402
-from released_models import ORIGINAL_COMMIT, RELEASED_MODELS, get_released_model, markdown_table  # noqa: E402
+import transformers_vmamba.convert as cli
+from transformers_vmamba.labels import imagenet1k_labels
+from transformers_vmamba.model_card import build_model_card
+from transformers_vmamba.released_models import ORIGINAL_COMMIT, RELEASED_MODELS, get_released_model, markdown_table
+
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = fixtures_dir().resolve()
 
 
 BACKBONE_CHECKPOINT = FIXTURES / "backbone_v2_ln_mmseg" / "checkpoint.pth"
 CLASSIFICATION_FIXTURES = ["v0_vanilla", "v0_vanilla_ema", "v2_s2l_ln2d", "v2v_s1l_ln2d", "v2_s2l_ln"]
-FIXTURE_CASES = [
-    (name, key)
-    for name in CLASSIFICATION_FIXTURES
-    for key in json.loads((FIXTURES / name / "config.json").read_text())["checkpoint"]["weights_keys"]
+# (fixture, weights key): v0_vanilla holds only `model` weights, the others `model` and `model_ema`
+FIXTURE_CASES = [("v0_vanilla", "model")] + [
+    (name, key) for name in CLASSIFICATION_FIXTURES[1:] for key in ("model", "model_ema")
 ]
+
+
+def test_fixture_cases_list_every_weights_key_of_each_fixture():
+    listed = {name: [key for fixture, key in FIXTURE_CASES if fixture == name] for name in CLASSIFICATION_FIXTURES}
+    assert listed == {name: fixture_config(name)["checkpoint"]["weights_keys"] for name in CLASSIFICATION_FIXTURES}
 
 
 def fixture_config(name: str) -> dict:
@@ -57,7 +64,7 @@ def cli_env() -> dict:
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
+        [sys.executable, "-m", "transformers_vmamba.convert", *map(str, args)],
         env=cli_env(),
         capture_output=True,
         text=True,
@@ -101,7 +108,8 @@ def test_model_names_resolve_and_unknown_names_list_the_known_ones():
 
 
 def test_imagenet_labels_file():
-    data = json.loads(cli.LABELS_FILE.read_text())
+    data = json.loads((REPO / "src" / "transformers_vmamba" / "data" / "imagenet1k_labels.json").read_text())
+    assert imagenet1k_labels() == data["labels"]
     labels, synsets = data["labels"], data["synsets"]
     assert len(labels) == len(synsets) == 1000
     # WordNet gives the bird (134) and the machine (517) the same lemma; every other name is unique
@@ -197,7 +205,7 @@ def test_download_streams_into_cache_and_reuses_it(http_server, tmp_path):
 
 
 def test_convert_all_dry_run_lists_the_plan(tmp_path, capsys):
-    import convert_all
+    from transformers_vmamba import convert_all
 
     local = tmp_path / "downloads"
     local.mkdir()
@@ -423,7 +431,7 @@ def test_model_name_alone_fetches_the_release_url(tmp_path, monkeypatch, capsys)
 
 
 def test_convert_all_converts_each_pushes_and_reports_failures(tmp_path, monkeypatch, capsys):
-    import convert_all
+    from transformers_vmamba import convert_all
 
     converted, pushed = [], []
 
@@ -499,7 +507,7 @@ def test_smallest_full_size_model_converts_end_to_end(tmp_path):
     result = run_in_process("--checkpoint", checkpoint, "--model", "vanilla_vmamba_tiny", "--output", output)
     assert result.returncode == 0, result.stderr
     config = json.loads((output / "config.json").read_text())
-    labels = json.loads(cli.LABELS_FILE.read_text())["labels"]
+    labels = imagenet1k_labels()
     assert config["id2label"] == {str(i): label for i, label in enumerate(labels)}
     card = (output / "README.md").read_text()
     assert "Vanilla-VMamba-T" in card and "does not apply" in card and "model-index" not in card

@@ -89,6 +89,8 @@ def test_saved_folder_carries_remote_code(saved_model):
     assert config["model_type"] == "vmamba"
     assert config["auto_map"]["AutoConfig"] == "configuration_vmamba.VMambaConfig"
     assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_vmamba.VMambaForImageClassification"
+    assert config["auto_map"]["AutoModel"] == "modeling_vmamba.VMambaModel"
+    assert config["auto_map"]["AutoBackbone"] == "modeling_vmamba.VMambaBackbone"
     for name in ("configuration_vmamba.py", "modeling_vmamba.py", "selective_scan.py"):
         assert (path / name).is_file(), name
 
@@ -133,15 +135,28 @@ REMOTE_CODE_CHILD = textwrap.dedent(
     sys.modules["vmamba_kernels"] = None
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoConfig, AutoModelForImageClassification
+    import transformers.models.auto.auto_factory as auto_factory
+    from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
     path, inputs, out = sys.argv[1:4]
+    pixel_values = load_file(inputs)["pixel_values"]
     config = AutoConfig.from_pretrained(path, trust_remote_code=True)
     model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    base = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    # AutoBackbone.from_pretrained asks the Hub whether the name is a repository (transformers 5.24 does so even
+    # for a local folder); answer as the Hub would for a published folder, offline.
+    auto_factory.hf_api = lambda: type("Hub", (), {"repo_exists": staticmethod(lambda name: True)})()
+    backbone = AutoBackbone.from_pretrained(path, trust_remote_code=True, out_features=["stage2", "stage4"]).eval()
+    for loaded, name in ((model, "VMambaForImageClassification"), (base, "VMambaModel"), (backbone, "VMambaBackbone")):
+        assert type(loaded).__name__ == name, type(loaded)
+        assert type(loaded).__module__.startswith("transformers_modules"), type(loaded).__module__
     with torch.no_grad():
-        logits = model(load_file(inputs)["pixel_values"]).logits
-    save_file({"logits": logits}, out)
+        outputs = {
+            "logits": model(pixel_values).logits,
+            "pooled": base(pixel_values).pooler_output,
+            "stage2": backbone(pixel_values, output_hidden_states=True).hidden_states[2].contiguous(),
+        }
+    save_file(outputs, out)
     """
 )
 
@@ -151,8 +166,12 @@ def test_trust_remote_code_without_the_package(saved_model, tmp_path):
     pixel_values = torch.randn(2, 3, 37, 50)
     got = run_remote_code_child(REMOTE_CODE_CHILD, path, pixel_values, tmp_path)
     with torch.no_grad():
-        expected = model(pixel_values).logits
-    torch.testing.assert_close(got["logits"], expected, atol=1e-6, rtol=0)
+        expected = model(pixel_values, output_hidden_states=True)
+        pooled = model.vmamba(pixel_values).pooler_output
+    torch.testing.assert_close(got["logits"], expected.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got["pooled"], pooled, atol=1e-6, rtol=0)
+    # the backbone takes the classifier's trunk: same stage features
+    torch.testing.assert_close(got["stage2"], expected.hidden_states[2], atol=1e-6, rtol=0)
 
 
 def test_from_pretrained_initialises_missing_weights_on_meta(saved_model, tmp_path):

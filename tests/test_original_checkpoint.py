@@ -182,3 +182,18 @@ def test_mmengine_layout_is_read(tmp_path):
     checkpoint = load_original_checkpoint(fixtures_dir() / "backbone_v2_ln_mmseg" / "checkpoint.pth")
     state_dict, key = select_weights(checkpoint)
     assert key == "state_dict" and any(k.startswith("backbone.patch_embed.") for k in state_dict)
+
+
+def test_imagenet_classifier_gets_named_labels_and_other_heads_keep_generic_ones():
+    """A 1000-class original classifier is an ImageNet-1k model: the library names its classes as the CLI does."""
+    state_dict = _v0_state_dict()
+    model = from_original_checkpoint(state_dict)
+    assert model.config.num_labels == 10 and model.config.id2label[3] == "LABEL_3"
+    head = state_dict["classifier.head.weight"]
+    state_dict["classifier.head.weight"] = head.new_zeros(1000, head.shape[1])
+    state_dict["classifier.head.bias"] = head.new_zeros(1000)
+    model = from_original_checkpoint(state_dict)
+    assert model.config.id2label[0].startswith("tench") and model.config.id2label[281].startswith("tabby")
+    assert model.config.label2id[model.config.id2label[999]] == 999
+    own = {i: f"class {i}" for i in range(1000)}
+    assert from_original_checkpoint(state_dict, id2label=own).config.id2label[281] == "class 281"

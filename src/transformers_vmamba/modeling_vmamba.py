@@ -410,6 +410,21 @@ class VMambaPreTrainedModel(PreTrainedModel):
             init.copy_(module.A_log, a_log.expand(module.A_log.shape[0], -1))
             init.ones_(module.D)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also names every VMamba class in the config's `auto_map` (Transformers writes only the saved model's
+        own), so a saved folder loads with trust_remote_code through AutoModel, AutoModelForImageClassification
+        and AutoBackbone alike."""
+        if self._auto_class is not None:  # registered for remote code (importing transformers_vmamba does it)
+            module = self.__class__.__module__.rsplit(".", 1)[-1]
+            classes = {
+                "AutoModel": VMambaModel,
+                "AutoModelForImageClassification": VMambaForImageClassification,
+                "AutoBackbone": VMambaBackbone,
+            }
+            auto_map = {auto: f"{module}.{cls.__name__}" for auto, cls in classes.items()}
+            self.config.auto_map = {**auto_map, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
 
 class VMambaModel(VMambaPreTrainedModel):
     """VMamba feature extractor: patch embedding, four stages of VSS blocks, final LayerNorm, global average pool."""

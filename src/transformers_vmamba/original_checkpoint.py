@@ -21,6 +21,7 @@ import torch
 from transformers.utils import logging
 
 from .configuration_vmamba import ARCHITECTURE_FIELDS, VARIANTS, VMambaConfig
+from .labels import imagenet1k_labels, label_fields
 from .modeling_vmamba import VMambaBackbone, VMambaForImageClassification
 
 
@@ -420,7 +421,8 @@ def from_original_checkpoint(
 ) -> VMambaForImageClassification | VMambaBackbone:
     """Build a ready model (eval mode) from an original VMamba checkpoint.
 
-    A classification checkpoint gives a `VMambaForImageClassification`. A detection/segmentation checkpoint of
+    A classification checkpoint gives a `VMambaForImageClassification` (a 1000-class one with the ImageNet-1k class
+    names as labels). A detection/segmentation checkpoint of
     mmdetection/mmsegmentation (weights under ``state_dict``, backbone under ``backbone.`` with output norms
     ``outnorm{i}``) gives a `VMambaBackbone` whose ``out_features`` are the stages with a norm; its other tensors
     (``decode_head``, ``auxiliary_head``, ``neck``, ``rpn_head``, ``roi_head``, ...) are skipped with a warning
@@ -464,6 +466,10 @@ def from_original_checkpoint(
     elif config_overrides:
         config = infer_config_from_state_dict(state_dict, **config_overrides)
 
+    if not is_backbone and config.num_labels == 1000 and "id2label" not in config_overrides:
+        # every 1000-class original classifier is an ImageNet-1k model: name its classes
+        for field, value in label_fields(imagenet1k_labels()).items():
+            setattr(config, field, value)
     if is_backbone:
         model = VMambaBackbone(config)
         converted = convert_original_backbone_state_dict(state_dict)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from released_models import ORIGINAL_COMMIT, ORIGINAL_REPOSITORY, PAPER_CITATION, PAPER_URL, ReleasedModel
+from .released_models import ORIGINAL_COMMIT, ORIGINAL_REPOSITORY, PAPER_CITATION, PAPER_URL, ReleasedModel
 
 
 PERFORMANCE_TABLE_URL = f"https://github.com/{ORIGINAL_REPOSITORY}/blob/{ORIGINAL_COMMIT}/assets/performance.md"
@@ -125,7 +125,7 @@ def build_model_card(
 VMamba is a vision backbone built from Visual State-Space (VSS) blocks: its SS2D module runs a selective
 scan (Mamba) along four routes over the feature map, which gives a global receptive field in linear time.
 This repository holds {origin}, converted to a Hugging Face Transformers model with
-`conversion/convert_original_checkpoint.py` from the transformers-vmamba project. {labels_note}
+`vmamba-convert` from the transformers-vmamba project. {labels_note}
 
 {chr(10).join(facts)}
 

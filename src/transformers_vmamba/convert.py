@@ -10,11 +10,11 @@ The key mapping itself lives in `transformers_vmamba.from_original_checkpoint`; 
 writes atomically and verifies.
 
 Examples:
-  python conversion/convert_original_checkpoint.py --model vmamba-tiny-s2l5 --output converted/vmamba-tiny-s2l5
-  python conversion/convert_original_checkpoint.py --checkpoint ckpt_epoch_262.pth --model vmamba-tiny-s2l5 \\
+  vmamba-convert --model vmamba-tiny-s2l5 --output converted/vmamba-tiny-s2l5
+  vmamba-convert --checkpoint ckpt_epoch_262.pth --model vmamba-tiny-s2l5 \\
       --output out/tiny --push-to-hub --repo-id my-org/vmamba-tiny-s2l5
-  python conversion/convert_original_checkpoint.py --checkpoint my_finetune.pth --output out/mine  # config inferred
-  python conversion/convert_original_checkpoint.py --checkpoint upernet_vssm_tiny.pth --output out/backbone
+  vmamba-convert --checkpoint my_finetune.pth --output out/mine  # config inferred
+  vmamba-convert --checkpoint upernet_vssm_tiny.pth --output out/backbone
 """
 
 from __future__ import annotations
@@ -30,13 +30,10 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from released_models import RELEASED_MODELS, ReleasedModel, get_released_model  # noqa: E402
+from .released_models import RELEASED_MODELS, ReleasedModel, get_released_model
 
 
 WEIGHTS_KEYS = ("model", "model_ema")
-LABELS_FILE = Path(__file__).resolve().parent / "imagenet1k_labels.json"
 EXPECTED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 VERIFY_INPUT_SHAPE = (1, 3, 32, 32)  # every stage still has >= 1 position; keeps base models quick
 VERIFY_TOLERANCE = 1e-5
@@ -117,7 +114,7 @@ def released_for_source(source: str) -> ReleasedModel | None:
 
 def load_checkpoint(path: Path) -> dict:
     """Safe load (weights_only, inert stand-ins for pickled classes) by the package; any failure is one message."""
-    from transformers_vmamba import load_original_checkpoint
+    from . import load_original_checkpoint
 
     try:
         checkpoint = load_original_checkpoint(path)
@@ -132,7 +129,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def report_skipped_modules(checkpoint: dict, weights_key: str | None) -> bool:
     """For a detection/segmentation checkpoint, say on stderr what is left out; returns whether it is one."""
-    from transformers_vmamba.original_checkpoint import (
+    from .original_checkpoint import (
         OriginalCheckpointError,
         select_weights,
         split_detection_state_dict,
@@ -174,10 +171,6 @@ def choose_weights_key(checkpoint: dict, requested: str | None, released: Releas
     return "model_ema" if "model_ema" in available else "model"
 
 
-def imagenet_labels() -> list[str]:
-    return json.loads(LABELS_FILE.read_text())["labels"]
-
-
 def check_output_target(output: Path, overwrite: bool) -> None:
     if output.exists() and not overwrite:
         raise ConversionError(f"output {output} already exists (pass --overwrite to replace it)")
@@ -197,8 +190,8 @@ def build_model(checkpoint: dict, weights_key: str | None, released: ReleasedMod
     summary (family, sizes) in front of the package's field-by-field list."""
     import logging
 
-    from transformers_vmamba import from_original_checkpoint, infer_config_from_state_dict
-    from transformers_vmamba.original_checkpoint import (
+    from . import from_original_checkpoint, infer_config_from_state_dict
+    from .original_checkpoint import (
         OriginalCheckpointError,
         select_weights,
         split_detection_state_dict,
@@ -228,7 +221,7 @@ def build_model(checkpoint: dict, weights_key: str | None, released: ReleasedMod
 
 
 def is_backbone(model) -> bool:
-    from transformers_vmamba import VMambaBackbone
+    from . import VMambaBackbone
 
     return isinstance(model, VMambaBackbone)
 
@@ -293,8 +286,8 @@ def verify_folder(folder: Path, model) -> float:
 def write_model_folder(
     tmp: Path, model, *, source: str, weights_key: str | None, released, official: bool, model_id: str
 ) -> None:
-    from model_card import build_model_card
-    from transformers_vmamba import default_image_processor
+    from .model_card import build_model_card
+    from . import default_image_processor
 
     model.save_pretrained(tmp)
     default_image_processor().save_pretrained(tmp)
@@ -366,10 +359,6 @@ def convert(
     report_skipped_modules(raw, key)
     model = build_model(raw, key, card_release)
     del raw
-    if not is_backbone(model) and model.config.num_labels == 1000:
-        labels = imagenet_labels()
-        model.config.id2label = dict(enumerate(labels))
-        model.config.label2id = {label: index for index, label in enumerate(labels)}
 
     created = [parent for parent in reversed(output.parents) if not parent.exists()]
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,9 @@
 """Convert all nine released VMamba classification checkpoints (by name) into one folder tree, optionally pushing
 each to the Hub as ORG/<name>.
 
-  python conversion/convert_all.py --output-root converted --dry-run
-  python conversion/convert_all.py --output-root converted --checkpoint-dir ~/Downloads/vmamba
-  python conversion/convert_all.py --output-root converted --push-to-hub --hub-org my-org
+  vmamba-convert-all --output-root converted --dry-run
+  vmamba-convert-all --output-root converted --checkpoint-dir ~/Downloads/vmamba
+  vmamba-convert-all --output-root converted --push-to-hub --hub-org my-org
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import gc
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import convert_original_checkpoint as converter  # noqa: E402
-from released_models import RELEASED_MODELS, get_released_model  # noqa: E402
+from . import convert as converter
+from .released_models import RELEASED_MODELS, get_released_model
 
 
 def plan(args: argparse.Namespace) -> list[dict]:
@@ -52,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with already downloaded release files (used when the file name matches)",
     )
     parser.add_argument("--weights-key", choices=converter.WEIGHTS_KEYS, help="override each model's default weights")
-    parser.add_argument("--cache-dir", type=Path, help="download cache (see convert_original_checkpoint.py --help)")
+    parser.add_argument("--cache-dir", type=Path, help="download cache (see vmamba-convert --help)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     parser.add_argument(
         "--skip-existing", action="store_true", help="leave existing output folders alone (still pushed)"
