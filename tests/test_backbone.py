@@ -107,12 +107,11 @@ def test_config_round_trip_keeps_out_features(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("channels_first", [True, False])
 @pytest.mark.parametrize("variant", ["vanilla-vmamba-tiny", "vmamba-tiny-s2l5"])
-def test_feature_maps_are_normed_stage_outputs(variant, channels_first):
+def test_feature_maps_are_normed_stage_outputs(variant):
     """Odd non-square input: every map is (B, C, ceil(H/stride), ceil(W/stride)), equals the classifier trunk's stage
     output (before downsample) through its own LayerNorm, computed here with F.layer_norm."""
-    config = tiny_backbone_config(variant, out_features=ALL_STAGES, channels_first=channels_first)
+    config = tiny_backbone_config(variant, out_features=ALL_STAGES)
     backbone = VMambaBackbone(config).eval()
     randomize_norms(backbone)
     trunk = VMambaModel(config).eval()
@@ -154,17 +153,6 @@ def test_out_features_select_maps_and_norms():
     assert [tuple(m.shape) for m in output.feature_maps] == [(1, 16, 4, 6), (1, 64, 1, 2)]
     assert output.hidden_states is None
     assert len(as_tuple) == 1 and all(torch.equal(a, b) for a, b in zip(as_tuple[0], output.feature_maps))
-
-
-def test_both_layouts_give_the_same_maps():
-    first = VMambaBackbone(tiny_backbone_config(channels_first=True)).eval()
-    randomize_norms(first)
-    last = VMambaBackbone(tiny_backbone_config(channels_first=False)).eval()
-    last.load_state_dict(first.state_dict(), strict=True)
-    pixel_values = torch.randn(1, 3, 27, 41)
-    with torch.no_grad():
-        for a, b in zip(first(pixel_values).feature_maps, last(pixel_values).feature_maps):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_auto_backbone_from_config():
@@ -315,11 +303,11 @@ def test_upernet_forward_backward():
 def test_upernet_config_dict_and_checkpoint_round_trip(tmp_path):
     """backbone_config stored as a dict resolves to VMambaConfig (AutoConfig registration happened on import), and
     the backbone weights travel inside the UperNet checkpoint."""
-    model = UperNetForSemanticSegmentation(small_upernet_config(channels_first=False)).eval()
+    model = UperNetForSemanticSegmentation(small_upernet_config(hidden_sizes=[8, 16, 24, 32])).eval()
     randomize_norms(model.backbone)
     rebuilt = UperNetConfig.from_dict(model.config.to_dict())
     assert type(rebuilt.backbone_config) is VMambaConfig
-    assert rebuilt.backbone_config.out_features == FOUR_STAGES and rebuilt.backbone_config.channels_first is False
+    assert rebuilt.backbone_config.out_features == FOUR_STAGES and rebuilt.backbone_config.hidden_sizes == [8, 16, 24, 32]
     model.save_pretrained(tmp_path)
     loaded = UperNetForSemanticSegmentation.from_pretrained(tmp_path).eval()
     pixel_values = torch.randn(1, 3, 32, 40)
@@ -390,7 +378,7 @@ def test_heads_are_skipped_and_named(caplog):
 def test_backbone_keys_must_all_map():
     state_dict = select_weights(load_original_checkpoint(fixture_checkpoint()))[0]
     missing = {k: v for k, v in state_dict.items() if k != "backbone.layers.2.blocks.1.op.Ds"}
-    with pytest.raises(OriginalCheckpointError, match=r"missing keys \['stages\.2\.layers\.1\.ssm\.D'\]"):
+    with pytest.raises(OriginalCheckpointError, match=r"missing keys \['encoder\.stages\.2\.layers\.1\.ssm\.D'\]"):
         from_original_checkpoint(missing)
     extra = dict(state_dict, **{"backbone.layers.0.blocks.0.op.x_proj_bias": torch.zeros(4, 3)})
     with pytest.raises(OriginalCheckpointError, match="x_proj_bias"):
@@ -442,7 +430,7 @@ def test_released_layouts_as_detection_checkpoints(variant):
     assert list(skipped) == ["decode_head"]
     config = infer_config_from_state_dict(backbone_state_dict)
     expected = VMambaConfig.from_variant(variant)
-    for field in ARCHITECTURE_FIELDS + ("channels_first", "drop_path_rate"):
+    for field in ARCHITECTURE_FIELDS + ("drop_path_rate",):
         assert getattr(config, field) == getattr(expected, field), field
     assert config.out_features == FOUR_STAGES
     with torch.device("meta"):

@@ -46,7 +46,7 @@ def test_variant_matches_original_builder(variant):
     assert config.drop_path_rate == kwargs["drop_path_rate"]
     assert config.downsample_type == {"v1": "patch_merging", "v3": "conv"}[kwargs["downsample_version"]]
     assert config.patch_embed_type == {"v1": "single_conv", "v2": "two_conv"}[kwargs["patchembed_version"]]
-    assert config.channels_first == (kwargs["norm_layer"] == "ln2d")
+    assert kwargs["norm_layer"] == ("ln" if config.family == "v0" else "ln2d")  # a layout the port does not copy
     assert config.patch_size == kwargs["patch_size"] and config.num_channels == kwargs["in_chans"]
 
 
@@ -76,10 +76,10 @@ def test_unknown_variant_lists_known_ones():
 
 
 def test_from_variant_overrides():
-    config = VMambaConfig.from_variant("vmamba-tiny-s2l5", num_labels=10, channels_first=False)
-    assert config.num_labels == 10 and config.channels_first is False and config.depths == [2, 2, 5, 2]
+    config = VMambaConfig.from_variant("vmamba-tiny-s2l5", num_labels=10, depths=[1, 1, 1, 1])
+    assert config.num_labels == 10 and config.depths == [1, 1, 1, 1]
     # overrides never leak into the shared table
-    assert VMambaConfig.from_variant("vmamba-tiny-s2l5").channels_first is True
+    assert VMambaConfig.from_variant("vmamba-tiny-s2l5").depths == [2, 2, 5, 2]
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,8 @@ def test_from_variant_overrides():
         (dict(downsample_type="v3"), "downsample_type"),
         (dict(patch_embed_type="v2"), "patch_embed_type"),
         (dict(patch_embed_type="two_conv", patch_size=3), "patch_size"),
-        (dict(scan_backend="cuda"), "scan_backend"),
+        (dict(hidden_act="nonexistent"), "hidden_act"),
+        (dict(ssm_hidden_act="swish2"), "ssm_hidden_act"),
         (dict(drop_path_rate=1.5), "drop_path_rate"),
         (dict(num_channels=0), "num_channels"),
     ],
@@ -114,11 +115,11 @@ def test_derived_sizes():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    config = VMambaConfig.from_variant("vanilla-vmamba-base", num_labels=7, scan_backend="torch")
+    config = VMambaConfig.from_variant("vanilla-vmamba-base", num_labels=7)
     config.save_pretrained(tmp_path)
     loaded = VMambaConfig.from_pretrained(tmp_path)
     for field in ("hidden_sizes", "depths", "ssm_gate", "mlp_ratio", "downsample_type", "patch_embed_type",
-                  "channels_first", "scan_backend", "num_labels", "drop_path_rate"):
+                  "num_labels", "drop_path_rate"):
         assert getattr(loaded, field) == getattr(config, field), field
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "vmamba"
 

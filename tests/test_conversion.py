@@ -635,7 +635,7 @@ def bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "absent weights key": (["--checkpoint", good, "--weights-key", "model_ema"], r"no 'model_ema' weights"),
         "backbone missing key": (
             ["--checkpoint", write_checkpoint(tmp / "bb_missing.pth", **backbone_missing)],
-            r"missing keys \['stages\.2\.layers\.1\.ssm\.D'\]",
+            r"missing keys \['encoder\.stages\.2\.layers\.1\.ssm\.D'\]",
         ),
         "backbone extra key": (
             ["--checkpoint", write_checkpoint(tmp / "bb_extra.pth", **backbone_extra)],

@@ -181,7 +181,7 @@ def test_from_pretrained_initialises_missing_weights_on_meta(saved_model, tmp_pa
     dropped = [k for k in state if k.endswith((".A_log", ".D", ".dt_proj_bias"))]
     save_file({k: v for k, v in state.items() if k not in dropped}, path / "model.safetensors", metadata={"format": "pt"})
     loaded = VMambaForImageClassification.from_pretrained(path)
-    for stage in loaded.vmamba.stages:
+    for stage in loaded.vmamba.encoder.stages:
         mixer = stage.layers[0].ssm
         expected = torch.log(torch.arange(1, mixer.state_size + 1.0)).expand_as(mixer.A_log)
         torch.testing.assert_close(mixer.A_log.data, expected)
@@ -197,7 +197,7 @@ def test_from_pretrained_initialises_missing_weights_on_meta(saved_model, tmp_pa
 def test_half_precision_loading_keeps_scan_parameters_in_float32(saved_model):
     _, path = saved_model
     model = VMambaForImageClassification.from_pretrained(path, dtype=torch.bfloat16)
-    mixer = model.vmamba.stages[0].layers[0].ssm
+    mixer = model.vmamba.encoder.stages[0].layers[0].ssm
     assert mixer.in_proj.weight.dtype == torch.bfloat16
     assert mixer.A_log.dtype == mixer.D.dtype == mixer.dt_proj_bias.dtype == torch.float32
     logits = model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).logits

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from conftest import FAMILIES, tiny_config
 
-from transformers_vmamba import VMambaForImageClassification, VMambaModel
-from transformers_vmamba.modeling_vmamba import VMambaSS2D, resolve_scan_backend, ss2d_selective_scan
+from transformers_vmamba import VMambaConfig, VMambaForImageClassification, VMambaModel
+from transformers_vmamba.modeling_vmamba import VMambaSS2D
 from transformers_vmamba.selective_scan import cross_merge, cross_scan, selective_scan_reference
 
 
@@ -29,10 +29,9 @@ def _expected_map_sizes(config, height, width):
     return sizes
 
 
-@pytest.mark.parametrize("channels_first", [True, False])
 @pytest.mark.parametrize("variant", FAMILIES)
-def test_non_square_odd_input_shapes_and_gradients(variant, channels_first):
-    config = tiny_config(variant, channels_first=channels_first)
+def test_non_square_odd_input_shapes_and_gradients(variant):
+    config = tiny_config(variant)
     model = VMambaForImageClassification(config)
     pixel_values = torch.randn(2, 3, 37, 51)
     output = model(pixel_values, labels=torch.tensor([0, 2]), output_hidden_states=True)
@@ -48,30 +47,14 @@ def test_non_square_odd_input_shapes_and_gradients(variant, channels_first):
         assert parameter.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("variant", FAMILIES)
-def test_memory_layout_does_not_change_results(variant):
-    first = VMambaModel(tiny_config(variant, channels_first=True)).double().eval()
-    last = VMambaModel(tiny_config(variant, channels_first=False)).double().eval()
-    last.load_state_dict(first.state_dict())
-    pixel_values = torch.randn(1, 3, 29, 42, dtype=torch.float64)
-    a, b = first(pixel_values, output_hidden_states=True), last(pixel_values, output_hidden_states=True)
-    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-12, rtol=0)
-    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-12, rtol=0)
-    for x, y in zip(a.hidden_states, b.hidden_states):
-        torch.testing.assert_close(x, y, atol=1e-12, rtol=0)
-
-
-def test_ss2d_core_equals_original_formulation():
-    """Pointwise projections in image layout == the original's projections of the four route copies."""
-    config = tiny_config("vanilla-vmamba-tiny", hidden_sizes=[8, 16, 32, 64], ssm_state_size=3)
-    mixer = VMambaSS2D(config, 0).double()
-    with torch.no_grad():
-        for p in mixer.parameters():
-            p.uniform_(-0.5, 0.5)
-        mixer.A_log.uniform_(-1, 1.5)
-    batch, height, width = 2, 5, 7
-    features = torch.randn(batch, mixer.inner_size, height, width, dtype=torch.float64)
-    # the original: project every route copy, scan, merge
+def original_mixer(mixer: VMambaSS2D, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The original's SS2D written out in image layout: project each of the four route copies, scan each with the
+    step-by-step reference, merge, norm, gate (v0), project out."""
+    features = F.linear(hidden_states, mixer.in_proj.weight)
+    if mixer.gated:
+        features, gate = features.chunk(2, dim=-1)
+    features = mixer.act(mixer.conv2d(features.permute(0, 3, 1, 2)))  # (B, D, H, W)
+    batch, _, height, width = features.shape
     routes = cross_scan(features)  # (B, 4, D, L)
     projected = torch.einsum("bkdl,kcd->bkcl", routes, mixer.x_proj_weight)
     dt_low, Bs, Cs = projected.split([mixer.dt_rank, mixer.state_size, mixer.state_size], dim=2)
@@ -85,51 +68,115 @@ def test_ss2d_core_equals_original_formulation():
         mixer.D,
         mixer.dt_proj_bias.reshape(-1),
     )
-    expected = cross_merge(ys.view(batch, 4, -1, height * width), height, width).view(features.shape)
-    for backend in ("reference", "torch", "auto"):
-        mixer.scan_backend = backend
-        actual = mixer.selective_scan_2d(features)
-        assert actual.dtype == torch.float64
-        torch.testing.assert_close(actual, expected, atol=1e-12, rtol=0, msg=backend)
+    merged = cross_merge(ys.view(batch, 4, -1, height * width), height, width).view(features.shape)
+    scanned = mixer.out_norm(merged.permute(0, 2, 3, 1))
+    if mixer.gated:
+        scanned = scanned * mixer.act(gate)
+    return F.linear(scanned, mixer.out_proj.weight)
 
 
-def test_scan_keeps_float32_under_half_precision_inputs():
-    config = tiny_config()
-    mixer = VMambaSS2D(config, 0)
-    features = torch.randn(1, mixer.inner_size, 4, 6).to(torch.bfloat16)
-    assert mixer.to(torch.bfloat16).selective_scan_2d(features).dtype == torch.float32
-    model = VMambaForImageClassification(config).to(torch.bfloat16)
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("variant", FAMILIES)
+def test_mixer_equals_the_original_formulation(variant, backend, monkeypatch):
+    """Pointwise projections computed once per position and read in route order inside the SS2D operator == the
+    original's projections of the four route copies, values and gradients, on a non-square odd map."""
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", backend)
+    config = tiny_config(variant, hidden_sizes=[8, 16, 32, 64], ssm_state_size=3)
+    mixer = VMambaSS2D(config, 0).double()
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.uniform_(-0.5, 0.5)
+        mixer.A_log.uniform_(-1, 1.5)
+    hidden_states = torch.randn(2, 5, 7, 8, dtype=torch.float64, requires_grad=True)
+    actual = mixer(hidden_states)
+    expected = original_mixer(mixer, hidden_states)
+    torch.testing.assert_close(actual, expected, atol=1e-12, rtol=0)
+    upstream = torch.randn_like(actual)
+    inputs = [hidden_states, *mixer.parameters()]
+    for a, b in zip(torch.autograd.grad(actual, inputs, upstream), torch.autograd.grad(expected, inputs, upstream)):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+def test_scan_keeps_float32_under_half_precision_inputs(tmp_path):
+    from transformers_vmamba.ss2d import ss2d_scan
+
+    x, dt, B, C = (torch.randn(shape).to(torch.bfloat16) for shape in ((1, 3, 4, 2), (1, 3, 4, 4, 2), (1, 3, 4, 4, 1), (1, 3, 4, 4, 1)))
+    A, D, bias = -torch.ones(4, 2, 1), torch.ones(4, 2), torch.zeros(4, 2)
+    assert ss2d_scan(x, dt, A, B, C, D, bias).dtype == torch.float32
+    VMambaForImageClassification(tiny_config()).save_pretrained(tmp_path)
+    model = VMambaForImageClassification.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    mixer = model.vmamba.encoder.stages[0].layers[0].ssm
+    assert mixer.A_log.dtype == mixer.D.dtype == mixer.dt_proj_bias.dtype == torch.float32
+    assert mixer.in_proj.weight.dtype == torch.bfloat16
     assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).logits.dtype == torch.bfloat16
 
 
-def test_scan_backend_resolution(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.delenv("VMAMBA_SCAN_BACKEND", raising=False)
-    assert resolve_scan_backend("auto", cpu) == "torch"
-    assert resolve_scan_backend("reference", cpu) == "reference"
-    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "reference")
-    assert resolve_scan_backend("auto", cpu) == "reference"
-    assert resolve_scan_backend("torch", cpu) == "torch"  # an explicit config choice wins over the env var
+@pytest.mark.parametrize("how", ["from_config", "default_dtype"])
+def test_half_precision_builds_keep_scan_parameters_in_float32(how):
+    """The scan parameters are created in float32 whatever the dtype a model is built in, so their
+    initialisation (dt bias from tiny step sizes, log A) is not rounded to float16."""
+    from transformers import AutoModelForImageClassification
+
+    config = tiny_config("vanilla-vmamba-tiny", ssm_state_size=16)
+    if how == "from_config":
+        model = AutoModelForImageClassification.from_config(config, dtype=torch.float16)
+    else:
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float16)
+        try:
+            model = VMambaForImageClassification(config)
+        finally:
+            torch.set_default_dtype(previous)
+    mixer = model.vmamba.encoder.stages[0].layers[0].ssm
+    assert mixer.in_proj.weight.dtype == torch.float16
+    assert mixer.A_log.dtype == mixer.D.dtype == mixer.dt_proj_bias.dtype == torch.float32
+    step = F.softplus(mixer.dt_proj_bias)
+    assert step.min() >= config.ssm_dt_min * 0.999 and step.max() <= config.ssm_dt_max * 1.001
+    torch.testing.assert_close(mixer.A_log[0], torch.log(torch.arange(1, 17.0)))
+
+
+@pytest.mark.parametrize("variant", FAMILIES)
+def test_batch_of_zero_images(variant):
+    model = VMambaForImageClassification(tiny_config(variant)).eval()
+    output = model(torch.randn(0, 3, 32, 24), output_hidden_states=True)
+    assert output.logits.shape == (0, 3)
+    assert [tuple(h.shape[:2]) for h in output.hidden_states] == [(0, 8), (0, 8), (0, 16), (0, 32), (0, 64)]
+    model.train()
+    loss = model(torch.randn(0, 3, 32, 24, requires_grad=True)).logits.sum()
+    loss.backward()  # empty gradients, no error
+
+
+def test_scan_backend_is_checked_when_the_model_is_built(monkeypatch):
     monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "gpu")
-    with pytest.raises(ValueError, match="VMAMBA_SCAN_BACKEND"):
-        resolve_scan_backend("auto", cpu)
+    with pytest.raises(ValueError, match="VMAMBA_SCAN_BACKEND must be one of auto, kernel, torch; got 'gpu'"):
+        VMambaForImageClassification(tiny_config())
 
 
-def test_triton_backend_without_triton_says_so(monkeypatch):
-    import transformers_vmamba.modeling_vmamba as modeling
+def test_kernel_backend_without_a_kernel_says_why(monkeypatch):
+    import transformers_vmamba.ss2d as ss2d
 
-    monkeypatch.setattr(modeling, "vmamba_kernels", None)
-    with pytest.raises(RuntimeError, match="vmamba_kernels"):
-        ss2d_selective_scan(
-            torch.zeros(1, 2, 2, 2),
-            torch.zeros(1, 4, 2, 2, 2),
-            -torch.ones(8, 1),
-            torch.zeros(1, 4, 1, 2, 2),
-            torch.zeros(1, 4, 1, 2, 2),
-            torch.ones(8),
-            torch.zeros(8),
-            backend="triton",
-        )
+    model = VMambaForImageClassification(tiny_config()).eval()
+    monkeypatch.setattr(ss2d, "vmamba_kernels", None)
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "kernel")
+    with pytest.raises(RuntimeError, match="no compiled SS2D kernel runs on cpu: the vmamba_kernels package is not"):
+        model(torch.randn(1, 3, 16, 16))
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "auto")  # falls back to the PyTorch scan instead
+    assert model(torch.randn(1, 3, 16, 16)).logits.shape == (1, 3)
+
+
+def test_configs_saved_by_version_0_1_still_load(tmp_path):
+    """0.1 configs carry `channels_first` (a memory layout, now always channels-last) and `scan_backend`."""
+    import json
+
+    config = tiny_config("vmamba-tiny-s2l5")
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved.update(channels_first=True, scan_backend="auto")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = VMambaConfig.from_pretrained(tmp_path)
+    assert loaded.hidden_sizes == config.hidden_sizes and loaded.family == "v2"
+    assert not hasattr(loaded, "channels_first") and not hasattr(loaded, "scan_backend")
+    assert "channels_first" not in loaded.to_dict()
 
 
 def test_return_dict_false_and_config_default():
@@ -186,7 +233,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         enable()
     else:
         checkpointed.gradient_checkpointing_enable()
-    assert all(layer.gradient_checkpointing for stage in checkpointed.vmamba.stages for layer in stage.layers)
+    assert all(layer.gradient_checkpointing for stage in checkpointed.vmamba.encoder.stages for layer in stage.layers)
     reference(pixel_values, labels=labels).loss.backward()
     checkpointed(pixel_values, labels=labels).loss.backward()
     for (name, a), b in zip(reference.named_parameters(), checkpointed.parameters()):
@@ -195,7 +242,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_drop_path_only_in_training():
     model = VMambaForImageClassification(tiny_config(drop_path_rate=0.5, depths=[2, 2, 2, 2]))
-    rates = [layer.drop_path.drop_prob for stage in model.vmamba.stages for layer in stage.layers[1:]]
+    rates = [layer.drop_path.drop_prob for stage in model.vmamba.encoder.stages for layer in stage.layers[1:]]
     assert rates == sorted(rates) and rates[-1] == pytest.approx(0.5)  # linear schedule up to the rate
     pixel_values = torch.randn(4, 3, 32, 32)
     model.eval()
@@ -220,7 +267,7 @@ def test_wrong_channel_count_and_too_small_image():
 def test_initialisation_follows_the_original():
     config = tiny_config("vanilla-vmamba-tiny", hidden_sizes=[32, 64, 128, 256], ssm_state_size=16)
     model = VMambaForImageClassification(config)
-    mixer = model.vmamba.stages[1].layers[0].ssm
+    mixer = model.vmamba.encoder.stages[1].layers[0].ssm
     torch.testing.assert_close(mixer.A_log, torch.log(torch.arange(1, 17.0)).expand(4 * 128, 16))
     assert torch.equal(mixer.D, torch.ones(4 * 128))
     step = F.softplus(mixer.dt_proj_bias)
@@ -229,9 +276,9 @@ def test_initialisation_follows_the_original():
     bound = mixer.dt_rank**-0.5
     assert mixer.dt_proj_weight.abs().max() <= bound and mixer.dt_proj_weight.abs().max() > 0.5 * bound
     assert mixer.x_proj_weight.abs().max() <= 128**-0.5
-    weight = model.vmamba.stages[2].layers[0].ssm.in_proj.weight
+    weight = model.vmamba.encoder.stages[2].layers[0].ssm.in_proj.weight
     # trunc_normal_(std=0.02) with the default absolute bounds +-2, as in the original (timm's helper)
     assert abs(weight.std().item() - 0.02) < 0.001 and abs(weight.mean().item()) < 0.001
     assert torch.equal(model.classifier.bias, torch.zeros(3))
-    norm = model.vmamba.stages[0].layers[0].ssm_norm
+    norm = model.vmamba.encoder.stages[0].layers[0].ssm_norm
     assert torch.equal(norm.weight, torch.ones(32)) and torch.equal(norm.bias, torch.zeros(32))

@@ -118,7 +118,7 @@ def test_infer_config_of_every_released_layout(variant):
     state_dict = {key: torch.empty(shape, device="meta") for key, shape in manifest["state_dict"].items()}
     config = infer_config_from_state_dict(state_dict)
     expected = VMambaConfig.from_variant(variant, num_labels=1000)
-    for field in ARCHITECTURE_FIELDS + ("channels_first", "drop_path_rate", "num_labels"):
+    for field in ARCHITECTURE_FIELDS + ("drop_path_rate", "num_labels"):
         assert getattr(config, field) == getattr(expected, field), field
     # and the mapping covers every key
     assert len(convert_original_state_dict(state_dict)) == len(state_dict)
@@ -164,7 +164,7 @@ def test_missing_and_unexpected_keys_are_listed():
     with pytest.raises(OriginalCheckpointError, match=r"x_proj_bias"):
         from_original_checkpoint(extra)
     missing = {k: v for k, v in state_dict.items() if k != "layers.1.blocks.0.op.out_norm.weight"}
-    with pytest.raises(OriginalCheckpointError, match=r"missing keys \['vmamba\.stages\.1\.layers\.0\.ssm\.out_norm\.weight'\]"):
+    with pytest.raises(OriginalCheckpointError, match=r"missing keys \['vmamba\.encoder\.stages\.1\.layers\.0\.ssm\.out_norm\.weight'\]"):
         from_original_checkpoint(missing)
 
 

@@ -11,13 +11,16 @@ import pytest
 import torch
 
 from transformers_vmamba.selective_scan import (
+    check_ss2d_inputs,
     cross_merge,
     cross_scan,
     route_order,
     selective_scan_chunked,
     selective_scan_reference,
-    ss2d_selective_scan_torch,
+    ss2d_reference,
 )
+from transformers_vmamba.ss2d import ss2d_scan
+from transformers_vmamba.testing_utils import make_scan_inputs, make_ss2d_inputs
 
 FLOAT64_REL = 1e-12
 FLOAT32_REL = 2e-5
@@ -29,36 +32,6 @@ def assert_close_scaled(actual, expected, rel, name=""):
     scale = expected.abs().max().clamp_min(1e-30)
     error = (actual - expected).abs().max()
     assert error <= rel * scale, f"{name}: max abs error {error:.3e} > {rel:.1e} * scale {scale:.3e}"
-
-
-def make_scan_inputs(batch, groups, per_group, d_state, length, decay="realistic", seed=0, dtype=torch.float64):
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64)
-
-    channels = groups * per_group
-    if decay == "realistic":
-        # VMamba's initialisation: A = -exp(A_log) with A_log = log(1..N); dt ~ softplus(small).
-        s4d_real = torch.arange(1, d_state + 1, dtype=torch.float64).repeat(channels, 1)
-        A = -s4d_real * torch.exp(0.3 * randn(channels, d_state))
-        delta, delta_bias = randn(batch, channels, length), 0.5 * randn(channels) - 2.0
-    elif decay == "extreme":
-        # dt * A far below -10 per step (down to about -1e3) mixed with slow channels: exp underflows to 0.
-        A = -torch.exp(3.0 * randn(channels, d_state) + 2.0)
-        delta, delta_bias = 3.0 * randn(batch, channels, length), randn(channels) + 2.0
-    else:
-        raise ValueError(decay)
-    tensors = dict(
-        u=randn(batch, channels, length),
-        delta=delta,
-        A=A,
-        B=randn(batch, groups, d_state, length),
-        C=randn(batch, groups, d_state, length),
-        D=randn(channels),
-        delta_bias=delta_bias,
-    )
-    return {name: t.to(dtype) for name, t in tensors.items()}
 
 
 def values_and_grads(fn, inputs, upstream, **kwargs):
@@ -126,7 +99,7 @@ SCAN_CASES = [
 
 @pytest.mark.parametrize("batch,groups,per_group,d_state,length,chunk_size,decay", SCAN_CASES)
 def test_chunked_scan_matches_float64_reference(batch, groups, per_group, d_state, length, chunk_size, decay):
-    inputs = make_scan_inputs(batch, groups, per_group, d_state, length, decay)
+    inputs = make_scan_inputs(batch, groups, per_group, d_state, length, decay=decay)
     generator = torch.Generator().manual_seed(1)
     upstream = torch.randn(batch, groups * per_group, length, dtype=torch.float64, generator=generator)
     y_ref, grads_ref = values_and_grads(selective_scan_reference, inputs, upstream)
@@ -222,76 +195,89 @@ def route_positions(height, width):
     return torch.tensor([route0, route1, route0[::-1], route1[::-1]])
 
 
-def ss2d_by_definition(x, dts, A, Bs, Cs, D, delta_bias):
-    """Gather each route by explicit index maps, scan with the reference, scatter-add back to the image."""
-    batch, channels, height, width = x.shape
+def ss2d_by_definition(x, dt, A, B, C, D, dt_bias):
+    """Gather each route of the channels-last map by explicit index maps, scan with the reference, scatter-add
+    back: an implementation that shares no layout code with the ones under test."""
+    batch, height, width, channels = x.shape
     positions = route_positions(height, width)
-    gather = lambda t, k: t.flatten(-2)[..., positions[k]]  # noqa: E731
+
+    def gather(t, k):  # (batch, H, W, F) -> (batch, F, L) in route k's order
+        return t.reshape(batch, height * width, -1)[:, positions[k]].transpose(1, 2)
+
     u = torch.cat([gather(x, k) for k in range(4)], dim=1)
-    delta = torch.cat([gather(dts[:, k], k) for k in range(4)], dim=1)
-    Bk = torch.stack([gather(Bs[:, k], k) for k in range(4)], dim=1)
-    Ck = torch.stack([gather(Cs[:, k], k) for k in range(4)], dim=1)
-    y = selective_scan_reference(u, delta, A, Bk, Ck, D, delta_bias).reshape(batch, 4, channels, -1)
+    delta = torch.cat([gather(dt[..., k, :], k) for k in range(4)], dim=1)
+    Bk = torch.stack([gather(B[..., k, :], k) for k in range(4)], dim=1)
+    Ck = torch.stack([gather(C[..., k, :], k) for k in range(4)], dim=1)
+    y = selective_scan_reference(u, delta, A.reshape(4 * channels, -1), Bk, Ck, D.reshape(-1), dt_bias.reshape(-1))
+    y = y.reshape(batch, 4, channels, -1)
     out = torch.zeros(batch, channels, height * width, dtype=y.dtype)
     for k in range(4):
         out = out.index_add(2, positions[k], y[:, k])
-    return out.reshape(batch, channels, height, width)
+    return out.transpose(1, 2).reshape(batch, height, width, channels)
 
 
-def make_ss2d_inputs(batch, channels, d_state, height, width, decay="realistic", seed=0):
-    scan = make_scan_inputs(batch, 4, channels, d_state, height * width, decay, seed)
-    generator = torch.Generator().manual_seed(seed + 100)
-    return dict(
-        x=torch.randn(batch, channels, height, width, dtype=torch.float64, generator=generator),
-        dts=scan["delta"].reshape(batch, 4, channels, height, width),
-        A=scan["A"],
-        Bs=scan["B"].reshape(batch, 4, d_state, height, width),
-        Cs=scan["C"].reshape(batch, 4, d_state, height, width),
-        D=scan["D"],
-        delta_bias=scan["delta_bias"],
-    )
+def ss2d_torch_path(**inputs):
+    """The operator with its PyTorch implementation (forward and explicit backward)."""
+    return ss2d_scan(**inputs)
 
 
 SS2D_CASES = [
-    # batch, channels, d_state, height, width, decay
-    (1, 3, 1, 1, 1, "realistic"),
-    (2, 3, 1, 5, 7, "realistic"),
-    (1, 2, 16, 9, 5, "realistic"),
-    (2, 2, 1, 18, 10, "extreme"),
-    (1, 2, 4, 7, 7, "extreme"),
-    (2, 3, 16, 6, 6, "realistic"),
+    # batch, height, width, channels, state, decay
+    (1, 1, 1, 3, 1, "realistic"),
+    (2, 5, 7, 3, 1, "realistic"),
+    (1, 9, 5, 2, 16, "realistic"),
+    (2, 18, 10, 2, 1, "extreme"),
+    (1, 7, 7, 2, 4, "extreme"),
+    (2, 6, 6, 3, 16, "realistic"),
+    (1, 1, 6, 2, 3, "realistic"),
+    (1, 5, 1, 2, 1, "realistic"),
 ]
 
 
-@pytest.mark.parametrize("batch,channels,d_state,height,width,decay", SS2D_CASES)
-def test_ss2d_matches_definition_in_float64(batch, channels, d_state, height, width, decay):
-    inputs = make_ss2d_inputs(batch, channels, d_state, height, width, decay)
+@pytest.mark.parametrize("batch,height,width,channels,state,decay", SS2D_CASES)
+def test_ss2d_matches_definition(batch, height, width, channels, state, decay, monkeypatch):
+    """The specification (``ss2d_reference``) and the operator's PyTorch path, values and all seven gradients, in
+    float64 and float32, against an independent gather/scatter formulation."""
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "torch")
+    inputs = make_ss2d_inputs(batch, height, width, channels, state, decay=decay)
     generator = torch.Generator().manual_seed(2)
-    upstream = torch.randn(batch, channels, height, width, dtype=torch.float64, generator=generator)
+    upstream = torch.randn(batch, height, width, channels, dtype=torch.float64, generator=generator)
     y_ref, grads_ref = values_and_grads(ss2d_by_definition, inputs, upstream)
-    for scan_fn in (selective_scan_reference, selective_scan_chunked):
-        y64, grads64 = values_and_grads(ss2d_selective_scan_torch, inputs, upstream, scan_fn=scan_fn)
-        assert y64.shape == (batch, channels, height, width)
-        assert_close_scaled(y64, y_ref, FLOAT64_REL, f"{scan_fn.__name__} y")
+    for fn in (ss2d_reference, ss2d_torch_path):
+        y64, grads64 = values_and_grads(fn, inputs, upstream)
+        assert y64.shape == (batch, height, width, channels) and y64.dtype == torch.float64
+        assert_close_scaled(y64, y_ref, FLOAT64_REL, f"{fn.__name__} y")
         for name, grad in grads_ref.items():
-            assert_close_scaled(grads64[name], grad, FLOAT64_REL, f"{scan_fn.__name__} grad {name}")
+            assert grads64[name].dtype == torch.float64
+            assert_close_scaled(grads64[name], grad, FLOAT64_REL, f"{fn.__name__} grad {name}")
     inputs32 = {name: t.float() for name, t in inputs.items()}
-    y32, grads32 = values_and_grads(ss2d_selective_scan_torch, inputs32, upstream)
+    y32, grads32 = values_and_grads(ss2d_torch_path, inputs32, upstream)
     assert y32.dtype == torch.float32
     assert_close_scaled(y32, y_ref, FLOAT32_REL, "float32 y")
     for name, grad in grads_ref.items():
+        assert grads32[name].dtype == torch.float32
         assert_close_scaled(grads32[name], grad, FLOAT32_REL, f"float32 grad {name}")
+
+
+def test_ss2d_batch_of_zero(monkeypatch):
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "torch")
+    inputs = make_ss2d_inputs(0, 3, 5, 2, 1)
+    y, grads = values_and_grads(ss2d_torch_path, inputs, torch.zeros(0, 3, 5, 2))
+    assert y.shape == (0, 3, 5, 2)
+    assert all(grads[name].shape == t.shape for name, t in inputs.items())
+    assert all(torch.count_nonzero(grads[name]) == 0 for name in ("A", "D", "dt_bias"))
 
 
 def test_ss2d_comparison_catches_a_port_that_mixes_up_height_and_width(monkeypatch):
     """Mutation check: reading the column routes as a (W, H) reshape instead of the transpose must fail the
-    comparison, in the cross_scan path and in the fused route layout alike."""
+    comparison, in the reference's cross_scan and in the PyTorch path's route layout alike."""
     import transformers_vmamba.selective_scan as module
 
-    inputs = make_ss2d_inputs(1, 2, 1, 5, 7)
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "torch")
+    inputs = make_ss2d_inputs(1, 5, 7, 2, 1)
     expected = ss2d_by_definition(**inputs)
-    for scan_fn in (selective_scan_reference, selective_scan_chunked):
-        assert_close_scaled(ss2d_selective_scan_torch(**inputs, scan_fn=scan_fn), expected, FLOAT64_REL)
+    for fn in (ss2d_reference, ss2d_torch_path):
+        assert_close_scaled(fn(**inputs), expected, FLOAT64_REL)
 
     def wrong_cross_scan(x):
         batch, channels, height, width = x.shape
@@ -300,29 +286,33 @@ def test_ss2d_comparison_catches_a_port_that_mixes_up_height_and_width(monkeypat
 
     correct_route_steps = module._route_steps
 
-    def wrong_route_steps(images, route):
+    def wrong_route_steps(image, route):
         if route % 2 == 1:
-            batch, channels, height, width = images.shape
-            images = images.reshape(batch, channels, width, height).transpose(2, 3)
-        return correct_route_steps(images, route)
+            batch, height, width, features = image.shape
+            image = image.reshape(batch, width, height, features).transpose(1, 2)
+        return correct_route_steps(image, route)
 
     monkeypatch.setattr(module, "cross_scan", wrong_cross_scan)
     monkeypatch.setattr(module, "_route_steps", wrong_route_steps)
-    for scan_fn in (selective_scan_reference, selective_scan_chunked):
+    for fn in (ss2d_reference, ss2d_torch_path):
         with pytest.raises(AssertionError):
-            assert_close_scaled(module.ss2d_selective_scan_torch(**inputs, scan_fn=scan_fn), expected, FLOAT32_REL)
+            assert_close_scaled(fn(**inputs), expected, FLOAT32_REL)
 
 
-def test_ss2d_rejects_bad_shapes():
-    inputs = make_ss2d_inputs(1, 2, 1, 4, 5)
-    with pytest.raises(ValueError, match="dts has shape"):
-        ss2d_selective_scan_torch(**{**inputs, "dts": inputs["dts"].transpose(3, 4)})
-    with pytest.raises(ValueError, match="A has shape"):
-        ss2d_selective_scan_torch(**{**inputs, "A": inputs["A"][:4]})
-    with pytest.raises(ValueError, match="Cs has shape"):
-        ss2d_selective_scan_torch(**{**inputs, "Cs": inputs["Cs"][:, :, :, :3]})
+def test_ss2d_rejects_bad_inputs():
+    inputs = make_ss2d_inputs(1, 4, 5, 2, 1)
+    with pytest.raises(ValueError, match=r"dt has shape \(1, 5, 4, 4, 2\), expected \(1, 4, 5, 4, 2\)"):
+        check_ss2d_inputs(**{**inputs, "dt": inputs["dt"].transpose(1, 2)})
+    with pytest.raises(ValueError, match=r"A has shape \(2, 2, 1\), expected \(4, 2, 1\)"):
+        ss2d_scan(**{**inputs, "A": inputs["A"][:2]})
+    with pytest.raises(ValueError, match="C has shape"):
+        ss2d_reference(**{**inputs, "C": inputs["C"][:, :, :3]})
+    with pytest.raises(ValueError, match=r"x must be \(batch, height, width, channels\)"):
+        ss2d_scan(**{**inputs, "x": inputs["x"][0]})
+    with pytest.raises(TypeError, match="D must be a floating-point tensor"):
+        ss2d_scan(**{**inputs, "D": inputs["D"].long()})
     with pytest.raises(ValueError, match="route_order"):
-        route_order(inputs["Bs"][:, :3])
+        route_order(inputs["B"].permute(0, 3, 4, 1, 2)[:, :3])
 
 
 def test_half_precision_gradients_come_back_in_input_dtype():
@@ -335,13 +325,24 @@ def test_half_precision_gradients_come_back_in_input_dtype():
         assert_close_scaled(grads[name], grad, 1e-2, f"grad {name}")  # bf16 keeps 8 bits of mantissa
 
 
-def test_ss2d_runs_under_torch_compile():
-    """The scan runs eagerly behind a graph break; the compiled function must give the same values and gradients."""
-    inputs = {name: t.float() for name, t in make_ss2d_inputs(1, 2, 4, 5, 3).items()}
-    upstream = torch.randn(1, 2, 5, 3, generator=torch.Generator().manual_seed(4))
-    expected, grads_expected = values_and_grads(ss2d_selective_scan_torch, inputs, upstream)
+def test_ss2d_operator_registration_passes_opcheck(monkeypatch):
+    """Schema, fake (meta) implementation and autograd registration of vmamba::ss2d_scan and its backward."""
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "torch")
+    inputs = make_ss2d_inputs(2, 3, 5, 2, 2, dtype=torch.float32)
+    args = [t.requires_grad_() for t in inputs.values()]
+    torch.library.opcheck(torch.ops.vmamba.ss2d_scan.default, args)
+    grad_y = torch.randn(2, 3, 5, 2)
+    torch.library.opcheck(torch.ops.vmamba.ss2d_scan_backward.default, [grad_y, *[t.detach() for t in args]])
+
+
+def test_ss2d_operator_is_one_graph_node_under_torch_compile(monkeypatch):
+    """fullgraph=True: the operator is not a graph break; values and gradients equal eager."""
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "torch")
+    inputs = make_ss2d_inputs(1, 5, 3, 2, 4, dtype=torch.float32)
+    upstream = torch.randn(1, 5, 3, 2, generator=torch.Generator().manual_seed(4))
+    expected, grads_expected = values_and_grads(ss2d_torch_path, inputs, upstream)
     torch._dynamo.reset()
-    compiled = torch.compile(ss2d_selective_scan_torch, backend="aot_eager")
+    compiled = torch.compile(ss2d_torch_path, backend="aot_eager", fullgraph=True)
     y, grads = values_and_grads(compiled, inputs, upstream)
     torch.testing.assert_close(y, expected)
     for name, grad in grads_expected.items():

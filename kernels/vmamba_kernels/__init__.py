@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 
-__all__ = ["is_available", "selective_scan", "ss2d_selective_scan", "unavailable_reason"]
+__all__ = ["is_available", "selective_scan", "ss2d_kernel", "ss2d_selective_scan", "unavailable_reason"]
 
 _ops = None
 _import_error: BaseException | None = None
@@ -71,3 +71,10 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
 def ss2d_selective_scan(x, dts, A, Bs, Cs, D=None, delta_bias=None, delta_softplus=True):
     """Fused SS2D core (cross-scan, scan, cross-merge) with autograd; same contract as ``ss2d_selective_scan_torch``."""
     return _require_ops().ss2d_selective_scan(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus)
+
+
+def ss2d_kernel(device_type: str):
+    """The compiled SS2D kernel for a device type, as ``(kernel, None)`` where ``kernel.forward`` and
+    ``kernel.backward`` follow the contract of ``transformers_vmamba.selective_scan.check_ss2d_inputs``, or
+    ``(None, reason)`` when none can run there. Called by the ``vmamba::ss2d_scan`` operator on every call."""
+    return None, f"no compiled SS2D kernel for {device_type} devices in this version"

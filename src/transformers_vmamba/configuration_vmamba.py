@@ -7,18 +7,19 @@ import copy
 import math
 
 from huggingface_hub.dataclasses import strict
+from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 from transformers.configuration_utils import PreTrainedConfig
 
 
-SCAN_BACKENDS = ("auto", "triton", "torch", "reference")
 DOWNSAMPLE_TYPES = ("patch_merging", "conv")
 PATCH_EMBED_TYPES = ("single_conv", "two_conv")
 
 # The three families of released VMamba classifiers, in the original code's terms:
-# v0 = forward_type "v0", PatchMerging2D ("v1"), single-conv patch embed ("v1"), channel-last LayerNorm;
-# v2 = forward_type "v05_noz", strided-conv downsample ("v3"), two-conv patch embed ("v2"), LayerNorm2d;
-# v2v = v2 with ssm_ratio 1.0.
+# v0 = forward_type "v0", PatchMerging2D ("v1"), single-conv patch embed ("v1");
+# v2 = forward_type "v05_noz", strided-conv downsample ("v3"), two-conv patch embed ("v2");
+# v2v = v2 with ssm_ratio 1.0. (The original builds v2 models channels-first, "ln2d", and v0 channels-last, "ln": a
+# memory-layout choice of its code with identical weights and results; this port is channels-last throughout.)
 _V0 = dict(
     ssm_state_size=16,
     ssm_expansion_ratio=2.0,
@@ -27,7 +28,6 @@ _V0 = dict(
     mlp_ratio=0.0,
     downsample_type="patch_merging",
     patch_embed_type="single_conv",
-    channels_first=False,
 )
 _V2 = dict(
     ssm_state_size=1,
@@ -37,7 +37,6 @@ _V2 = dict(
     mlp_ratio=4.0,
     downsample_type="conv",
     patch_embed_type="two_conv",
-    channels_first=True,
 )
 _V2V = dict(_V2, ssm_expansion_ratio=1.0)
 
@@ -117,10 +116,6 @@ class VMambaConfig(BackboneConfigMixin, PreTrainedConfig):
     patch_embed_type (`str`, *optional*, defaults to `"two_conv"`):
         `"two_conv"` (two 3x3 stride-2 convolutions with LayerNorm and GELU between; the original's "v2") or
         `"single_conv"` (one patch_size x patch_size convolution then LayerNorm; "v1").
-    channels_first (`bool`, *optional*, defaults to `True`):
-        Memory layout used inside the network: `True` keeps activations as (batch, channels, height, width) like the
-        original's "ln2d" models, `False` as (batch, height, width, channels) like its "ln" models. Parameters and
-        results are the same either way; outputs are always (batch, channels, height, width).
     layer_norm_eps (`float`, *optional*, defaults to 1e-5):
         Epsilon of every LayerNorm.
     drop_path_rate (`float`, *optional*, defaults to 0.2):
@@ -135,10 +130,6 @@ class VMambaConfig(BackboneConfigMixin, PreTrainedConfig):
         Smallest initial step size.
     ssm_dt_scale (`float`, *optional*, defaults to 1.0):
         Scale of the uniform initialisation of the dt projection weight (`dt_rank**-0.5 * ssm_dt_scale`).
-    scan_backend (`str`, *optional*, defaults to `"auto"`):
-        Implementation of the selective scan: `"auto"` (Triton kernels on CUDA when available, else the fast
-        PyTorch path; the environment variable `VMAMBA_SCAN_BACKEND` overrides it), `"triton"`, `"torch"` or
-        `"reference"` (slow step-by-step loop, for checking).
     out_features (`list[str]`, *optional*):
         Backbone use: stages to output, from `"stem"`, `"stage1"`, ... `"stage4"`.
     out_indices (`list[int]`, *optional*):
@@ -169,7 +160,6 @@ class VMambaConfig(BackboneConfigMixin, PreTrainedConfig):
     hidden_act: str = "gelu"
     downsample_type: str = "conv"
     patch_embed_type: str = "two_conv"
-    channels_first: bool = True
     layer_norm_eps: float = 1e-5
     drop_path_rate: float | int = 0.2
     initializer_range: float = 0.02
@@ -177,11 +167,14 @@ class VMambaConfig(BackboneConfigMixin, PreTrainedConfig):
     ssm_dt_max: float = 0.1
     ssm_dt_init_floor: float = 1e-4
     ssm_dt_scale: float = 1.0
-    scan_backend: str = "auto"
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        # Fields of configs saved by version 0.1: the memory layout (now always channels-last) and the scan backend
+        # (now chosen per device by the SS2D operator; VMAMBA_SCAN_BACKEND overrides). Neither changes the model.
+        for retired in ("channels_first", "scan_backend"):
+            kwargs.pop(retired, None)
         self.hidden_sizes = [int(size) for size in self.hidden_sizes]
         self.depths = [int(depth) for depth in self.depths]
         self._check_values()
@@ -234,8 +227,9 @@ class VMambaConfig(BackboneConfigMixin, PreTrainedConfig):
             fail("patch_size", f"must be >= 1, got {self.patch_size}")
         if self.patch_embed_type == "two_conv" and (self.patch_size < 2 or self.patch_size % 2):
             fail("patch_size", f"must be even for patch_embed_type 'two_conv' (two stride-patch_size/2 convolutions), got {self.patch_size}")
-        if self.scan_backend not in SCAN_BACKENDS:
-            fail("scan_backend", f"must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        for field in ("hidden_act", "ssm_hidden_act"):
+            if getattr(self, field) not in ACT2FN:
+                fail(field, f"unknown activation {getattr(self, field)!r}; use a name of transformers' ACT2FN, e.g. 'gelu', 'silu'")
         if not self.layer_norm_eps > 0:
             fail("layer_norm_eps", f"must be > 0, got {self.layer_norm_eps}")
         if not 0 <= self.drop_path_rate < 1:
@@ -266,7 +260,7 @@ class VMambaConfig(BackboneConfigMixin, PreTrainedConfig):
     def family(self) -> str | None:
         """"v0", "v2" or "v2v" when the layout is one of the released families, else None (a custom model)."""
         for name, switches in (("v0", _V0), ("v2", _V2), ("v2v", _V2V)):
-            if all(getattr(self, key) == value for key, value in switches.items() if key != "channels_first"):
+            if all(getattr(self, key) == value for key, value in switches.items()):
                 return name
         return None
 

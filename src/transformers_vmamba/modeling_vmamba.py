@@ -3,126 +3,50 @@
 
 Every block mixes tokens with SS2D: the feature map is read along four routes (row by row, column by column, and
 both reversed), each route runs a selective scan (a Mamba-style input-dependent linear recurrence) and the four
-results are merged back into the map. This file only imports torch, transformers and its two sibling modules, so it
-ships unchanged as Hub remote code.
+results are merged back into the map. Activations are channels-last, (batch, height, width, channels), inside the
+network, so every pointwise layer is a plain `nn.Linear` / `nn.LayerNorm`; outputs are (batch, channels, height,
+width) like every Transformers vision model. This file only imports torch, transformers and its sibling modules, so
+it ships unchanged as Hub remote code.
 """
 
-from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.backbone_utils import BackboneMixin
+from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BackboneOutput,
+    BaseModelOutputWithNoAttention,
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
 )
 from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import logging
-from transformers.utils.generic import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, auto_docstring
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .configuration_vmamba import SCAN_BACKENDS, VMambaConfig
-from .selective_scan import selective_scan_reference, ss2d_selective_scan_torch
+from .configuration_vmamba import VMambaConfig
+from .ss2d import requested_backend, ss2d_scan
 
-
-try:  # optional Triton kernels (a separate package, absent for Hub remote-code users)
-    import vmamba_kernels
-except ImportError:
-    vmamba_kernels = None
-
-
-logger = logging.get_logger(__name__)
 
 NUM_DIRECTIONS = 4
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# SS2D core: scan backend dispatch
-# ---------------------------------------------------------------------------------------------------------------
+def conv_channels_last(conv: nn.Conv2d, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Apply a convolution to a (B, H, W, C) map. The permuted views are NCHW tensors in channels_last memory
+    format, which the CPU/GPU convolutions take and return as they are: no copies."""
+    return conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-def resolve_scan_backend(requested: str, device: torch.device) -> str:
-    """Pick the scan implementation for one call: "auto" honours VMAMBA_SCAN_BACKEND, then prefers Triton on CUDA."""
-    if requested == "auto":
-        requested = os.environ.get("VMAMBA_SCAN_BACKEND", "").strip().lower() or "auto"
-        if requested not in SCAN_BACKENDS:
-            raise ValueError(f"VMAMBA_SCAN_BACKEND must be one of {SCAN_BACKENDS}, got {requested!r}")
-    if requested == "auto":
-        if device.type == "cuda" and _triton_available():
-            return "triton"
-        return "torch"
-    if requested == "triton" and not _triton_available():
-        raise RuntimeError(
-            "scan_backend='triton' needs the vmamba_kernels package with a working Triton (a CUDA device, or "
-            "TRITON_INTERPRET=1); use scan_backend='auto' or 'torch' instead"
-        )
-    return requested
-
-
-def _triton_available() -> bool:
-    return vmamba_kernels is not None and hasattr(vmamba_kernels, "is_available") and vmamba_kernels.is_available()
-
-
-def ss2d_selective_scan(x, dts, A, Bs, Cs, D, delta_bias, backend: str = "auto"):
-    """Run the SS2D core (contract of `ss2d_selective_scan_torch`) with the backend chosen for this call."""
-    backend = resolve_scan_backend(backend, x.device)
-    if backend == "triton":
-        return vmamba_kernels.ss2d_selective_scan(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True)
-    if backend == "reference":
-        return ss2d_selective_scan_torch(
-            x, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True, scan_fn=selective_scan_reference
-        )
-    return ss2d_selective_scan_torch(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Layout-aware building blocks
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def to_image_layout(hidden_states: torch.Tensor, channels_first: bool) -> torch.Tensor:
-    """Model layout -> (B, C, H, W)."""
-    return hidden_states if channels_first else hidden_states.permute(0, 3, 1, 2)
-
-
-def to_model_layout(hidden_states: torch.Tensor, channels_first: bool) -> torch.Tensor:
-    """(B, C, H, W) -> model layout."""
-    return hidden_states if channels_first else hidden_states.permute(0, 2, 3, 1)
-
-
-class VMambaLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels, for activations in either layout."""
-
-    def __init__(self, normalized_shape, *, eps=1e-5, channels_first=False):
-        super().__init__(normalized_shape, eps=eps)
-        self.channels_first = channels_first
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.channels_first:
-            hidden_states = hidden_states.permute(0, 2, 3, 1)
-            hidden_states = super().forward(hidden_states)
-            return hidden_states.permute(0, 3, 1, 2)
-        return super().forward(hidden_states)
-
-
-class VMambaLinear(nn.Linear):
-    """Pointwise linear map over the channels; a 1x1 convolution in channels-first layout. Weight is (out, in)."""
-
-    def __init__(self, in_features, out_features, bias=True, *, channels_first=False):
-        super().__init__(in_features, out_features, bias=bias)
-        self.channels_first = channels_first
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.channels_first:
-            return F.conv2d(hidden_states, self.weight[:, :, None, None], self.bias)
-        return super().forward(hidden_states)
+def to_channels_first(hidden_states: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, C, H, W) view, the layout of every output."""
+    return hidden_states.permute(0, 3, 1, 2)
 
 
 class VMambaDropPath(nn.Module):
@@ -145,32 +69,26 @@ class VMambaDropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Network
-# ---------------------------------------------------------------------------------------------------------------
-
-
 class VMambaEmbeddings(nn.Module):
-    """Patch embedding: the image becomes a feature map patch_size times smaller, followed by LayerNorm."""
+    """Patch embedding: the image becomes a (B, H / patch_size, W / patch_size, C) map, ending in a LayerNorm."""
 
     def __init__(self, config: VMambaConfig):
         super().__init__()
         self.num_channels = config.num_channels
         self.patch_size = config.patch_size
-        self.channels_first = config.channels_first
         hidden_size = config.hidden_sizes[0]
         if config.patch_embed_type == "single_conv":
             self.conv1 = nn.Conv2d(config.num_channels, hidden_size, config.patch_size, stride=config.patch_size)
-            self.norm1 = VMambaLayerNorm(hidden_size, eps=config.layer_norm_eps, channels_first=config.channels_first)
+            self.norm1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
             self.act = self.conv2 = self.norm2 = None
         else:
             stride = config.patch_size // 2
             half = hidden_size // 2
             self.conv1 = nn.Conv2d(config.num_channels, half, stride + 1, stride=stride, padding=1)
-            self.norm1 = VMambaLayerNorm(half, eps=config.layer_norm_eps, channels_first=config.channels_first)
+            self.norm1 = nn.LayerNorm(half, eps=config.layer_norm_eps)
             self.act = nn.GELU()
             self.conv2 = nn.Conv2d(half, hidden_size, stride + 1, stride=stride, padding=1)
-            self.norm2 = VMambaLayerNorm(hidden_size, eps=config.layer_norm_eps, channels_first=config.channels_first)
+            self.norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.ndim != 4:
@@ -186,21 +104,19 @@ class VMambaEmbeddings(nn.Module):
                 f"image of {height}x{width} pixels is too small for this VMamba: it needs at least "
                 f"{self.patch_size}x{self.patch_size} (one patch, config.patch_size)"
             )
-        embeddings = to_model_layout(self.conv1(pixel_values), self.channels_first)
-        embeddings = self.norm1(embeddings)
+        embeddings = self.norm1(self.conv1(pixel_values).permute(0, 2, 3, 1))
         if self.conv2 is not None:
-            embeddings = self.act(to_image_layout(embeddings, self.channels_first))
-            embeddings = to_model_layout(self.conv2(embeddings), self.channels_first)
-            embeddings = self.norm2(embeddings)
+            embeddings = self.norm2(conv_channels_last(self.conv2, self.act(embeddings)))
         return embeddings
 
 
 class VMambaSS2D(nn.Module):
-    """The 2D selective-scan mixer (the original's SS2D).
+    """The 2D selective-scan mixer (the original's SS2D) on a (B, H, W, C) map.
 
     The scan parameters keep the original's shapes, one slice per scan direction k:
     x_proj_weight (4, dt_rank + 2 * state, inner), dt_proj_weight (4, inner, dt_rank), dt_proj_bias (4, inner),
-    A_log (4 * inner, state), D (4 * inner).
+    A_log (4 * inner, state), D (4 * inner). A_log, D and dt_proj_bias are float32 whatever the model's dtype: the
+    scan decays exp(dt * A) over thousands of steps.
     """
 
     def __init__(self, config: VMambaConfig, stage_idx: int):
@@ -209,15 +125,10 @@ class VMambaSS2D(nn.Module):
         inner_size = config.inner_size(stage_idx)
         dt_rank = config.dt_rank(stage_idx)
         state_size = config.ssm_state_size
-        channels_first = config.channels_first
-        self.channels_first = channels_first
         self.gated = config.ssm_gate
-        self.scan_backend = config.scan_backend
         self.inner_size, self.dt_rank, self.state_size = inner_size, dt_rank, state_size
 
-        self.in_proj = VMambaLinear(
-            hidden_size, inner_size * (2 if self.gated else 1), bias=False, channels_first=channels_first
-        )
+        self.in_proj = nn.Linear(hidden_size, inner_size * (2 if self.gated else 1), bias=False)
         self.act = ACT2FN[config.ssm_hidden_act]
         kernel_size = config.ssm_conv_kernel_size
         self.conv2d = nn.Conv2d(
@@ -230,43 +141,39 @@ class VMambaSS2D(nn.Module):
         )
         self.x_proj_weight = nn.Parameter(torch.empty(NUM_DIRECTIONS, dt_rank + 2 * state_size, inner_size))
         self.dt_proj_weight = nn.Parameter(torch.empty(NUM_DIRECTIONS, inner_size, dt_rank))
-        self.dt_proj_bias = nn.Parameter(torch.empty(NUM_DIRECTIONS, inner_size))
-        self.A_log = nn.Parameter(torch.empty(NUM_DIRECTIONS * inner_size, state_size))
-        self.D = nn.Parameter(torch.empty(NUM_DIRECTIONS * inner_size))
-        self.out_norm = VMambaLayerNorm(inner_size, eps=config.layer_norm_eps, channels_first=channels_first)
-        self.out_proj = VMambaLinear(inner_size, hidden_size, bias=False, channels_first=channels_first)
-
-    def selective_scan_2d(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, inner, H, W) -> (B, inner, H, W) in float32 (float64 for a float64 model)."""
-        # The per-direction projections are pointwise, so they are computed once per pixel in image layout; the
-        # scan reads them in each route's order (identical to projecting the four route copies, as the original).
-        projected = torch.einsum("bdhw,kcd->bkchw", features, self.x_proj_weight)
-        dt_low_rank, Bs, Cs = projected.split([self.dt_rank, self.state_size, self.state_size], dim=2)
-        dts = torch.einsum("bkrhw,kdr->bkdhw", dt_low_rank, self.dt_proj_weight)
-        compute_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-        A = -torch.exp(self.A_log.to(compute_dtype))
-        return ss2d_selective_scan(
-            features,
-            dts,
-            A,
-            Bs.contiguous(),
-            Cs.contiguous(),
-            self.D.to(compute_dtype),
-            self.dt_proj_bias.reshape(-1).to(compute_dtype),
-            backend=self.scan_backend,
-        )
+        float32 = dict(dtype=torch.float32)
+        self.dt_proj_bias = nn.Parameter(torch.empty(NUM_DIRECTIONS, inner_size, **float32))
+        self.A_log = nn.Parameter(torch.empty(NUM_DIRECTIONS * inner_size, state_size, **float32))
+        self.D = nn.Parameter(torch.empty(NUM_DIRECTIONS * inner_size, **float32))
+        self.out_norm = nn.LayerNorm(inner_size, eps=config.layer_norm_eps)
+        self.out_proj = nn.Linear(inner_size, hidden_size, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.in_proj(hidden_states)
         if self.gated:
-            hidden_states, gate = hidden_states.chunk(2, dim=1 if self.channels_first else -1)
-            gate = self.act(gate)
-        features = to_image_layout(hidden_states, self.channels_first)
-        features = self.act(self.conv2d(features))
-        scanned = self.selective_scan_2d(features).to(features.dtype)
-        scanned = self.out_norm(to_model_layout(scanned, self.channels_first))
+            hidden_states, gate = hidden_states.chunk(2, dim=-1)
+        features = self.act(conv_channels_last(self.conv2d, hidden_states))
+        # The per-direction projections are pointwise, so they are computed once per position and read by the scan
+        # in each route's order (identical to projecting the four route copies, as the original does).
+        batch, height, width, _ = features.shape
+        projected = F.linear(features, self.x_proj_weight.flatten(0, 1))
+        projected = projected.view(batch, height, width, NUM_DIRECTIONS, self.dt_rank + 2 * self.state_size)
+        dt_low_rank, B, C = projected.split([self.dt_rank, self.state_size, self.state_size], dim=-1)
+        dt = torch.einsum("bhwkr,kdr->bhwkd", dt_low_rank, self.dt_proj_weight)
+        scan_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+        A = -torch.exp(self.A_log.to(scan_dtype)).view(NUM_DIRECTIONS, self.inner_size, self.state_size)
+        scanned = ss2d_scan(
+            features,
+            dt,
+            A,
+            B.contiguous(),
+            C.contiguous(),
+            self.D.to(scan_dtype).view(NUM_DIRECTIONS, self.inner_size),
+            self.dt_proj_bias.to(scan_dtype),
+        )
+        scanned = self.out_norm(scanned.to(features.dtype))
         if self.gated:
-            scanned = scanned * gate
+            scanned = scanned * self.act(gate)
         return self.out_proj(scanned)
 
 
@@ -274,9 +181,9 @@ class VMambaMLP(nn.Module):
     def __init__(self, config: VMambaConfig, hidden_size: int):
         super().__init__()
         intermediate_size = int(hidden_size * config.mlp_ratio)
-        self.fc1 = VMambaLinear(hidden_size, intermediate_size, channels_first=config.channels_first)
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.act = ACT2FN[config.hidden_act]
-        self.fc2 = VMambaLinear(intermediate_size, hidden_size, channels_first=config.channels_first)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(hidden_states)))
@@ -288,12 +195,11 @@ class VMambaLayer(GradientCheckpointingLayer):
     def __init__(self, config: VMambaConfig, stage_idx: int, drop_path: float = 0.0):
         super().__init__()
         hidden_size = config.hidden_sizes[stage_idx]
-        norm_kwargs = dict(eps=config.layer_norm_eps, channels_first=config.channels_first)
-        self.ssm_norm = VMambaLayerNorm(hidden_size, **norm_kwargs)
+        self.ssm_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.ssm = VMambaSS2D(config, stage_idx)
         self.drop_path = VMambaDropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         if config.mlp_ratio > 0:
-            self.mlp_norm = VMambaLayerNorm(hidden_size, **norm_kwargs)
+            self.mlp_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
             self.mlp = VMambaMLP(config, hidden_size)
         else:
             self.mlp_norm = self.mlp = None
@@ -310,20 +216,23 @@ class VMambaPatchMerging(nn.Module):
 
     def __init__(self, config: VMambaConfig, in_size: int, out_size: int):
         super().__init__()
-        self.channels_first = config.channels_first
-        self.norm = VMambaLayerNorm(4 * in_size, eps=config.layer_norm_eps, channels_first=config.channels_first)
-        self.reduction = VMambaLinear(4 * in_size, out_size, bias=False, channels_first=config.channels_first)
+        self.norm = nn.LayerNorm(4 * in_size, eps=config.layer_norm_eps)
+        self.reduction = nn.Linear(4 * in_size, out_size, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        features = to_image_layout(hidden_states, self.channels_first)
-        height, width = features.shape[-2:]
-        features = F.pad(features, (0, width % 2, 0, height % 2))
+        height, width = hidden_states.shape[1:3]
+        hidden_states = F.pad(hidden_states, (0, 0, 0, width % 2, 0, height % 2))
         # Order of the original: (even row, even col), (odd row, even col), (even row, odd col), (odd row, odd col).
         merged = torch.cat(
-            [features[..., 0::2, 0::2], features[..., 1::2, 0::2], features[..., 0::2, 1::2], features[..., 1::2, 1::2]],
-            dim=1,
+            [
+                hidden_states[:, 0::2, 0::2],
+                hidden_states[:, 1::2, 0::2],
+                hidden_states[:, 0::2, 1::2],
+                hidden_states[:, 1::2, 1::2],
+            ],
+            dim=-1,
         )
-        return self.reduction(self.norm(to_model_layout(merged, self.channels_first)))
+        return self.reduction(self.norm(merged))
 
 
 class VMambaConvDownsample(nn.Module):
@@ -331,13 +240,11 @@ class VMambaConvDownsample(nn.Module):
 
     def __init__(self, config: VMambaConfig, in_size: int, out_size: int):
         super().__init__()
-        self.channels_first = config.channels_first
         self.conv = nn.Conv2d(in_size, out_size, kernel_size=3, stride=2, padding=1)
-        self.norm = VMambaLayerNorm(out_size, eps=config.layer_norm_eps, channels_first=config.channels_first)
+        self.norm = nn.LayerNorm(out_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        features = self.conv(to_image_layout(hidden_states, self.channels_first))
-        return self.norm(to_model_layout(features, self.channels_first))
+        return self.norm(conv_channels_last(self.conv, hidden_states))
 
 
 class VMambaStage(nn.Module):
@@ -345,9 +252,7 @@ class VMambaStage(nn.Module):
 
     def __init__(self, config: VMambaConfig, stage_idx: int, drop_path_rates: list[float]):
         super().__init__()
-        self.layers = nn.ModuleList(
-            [VMambaLayer(config, stage_idx, drop_path=rate) for rate in drop_path_rates]
-        )
+        self.layers = nn.ModuleList([VMambaLayer(config, stage_idx, drop_path=rate) for rate in drop_path_rates])
         if stage_idx == config.num_stages - 1:
             self.downsample = None
         else:
@@ -356,15 +261,15 @@ class VMambaStage(nn.Module):
             self.downsample = downsample_class(config, in_size, out_size)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the stage output (before downsampling) and the input of the next stage."""
+        """Returns the stage output (before downsampling; what `hidden_states` records) and the next stage's input."""
         for layer in self.layers:
             hidden_states = layer(hidden_states)
         next_input = self.downsample(hidden_states) if self.downsample is not None else hidden_states
         return hidden_states, next_input
 
 
+@auto_docstring
 class VMambaPreTrainedModel(PreTrainedModel):
-    config_class = VMambaConfig
     config: VMambaConfig
     base_model_prefix = "vmamba"
     main_input_name = "pixel_values"
@@ -373,6 +278,10 @@ class VMambaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["VMambaLayer"]
     # The scan parameters lose too much in half precision (exp(dt * A) over thousands of steps).
     _keep_in_fp32_modules_strict = ["ssm.A_log", "ssm.D", "ssm.dt_proj_bias"]
+
+    def __init__(self, config: VMambaConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        requested_backend()  # a bad VMAMBA_SCAN_BACKEND is reported when the model is built, not at its first call
 
     def _init_weights(self, module):
         """The original's initialisation (trunc-normal linears, S4D-real A, Mamba dt init); convolutions keep torch's."""
@@ -398,9 +307,9 @@ class VMambaPreTrainedModel(PreTrainedModel):
             init.uniform_(module.x_proj_weight, -bound, bound)
             dt_std = module.dt_rank**-0.5 * config.ssm_dt_scale
             init.uniform_(module.dt_proj_weight, -dt_std, dt_std)
-            # dt bias: inverse softplus of step sizes drawn log-uniformly in [dt_min, dt_max].
+            # dt bias: inverse softplus of step sizes drawn log-uniformly in [dt_min, dt_max], computed in float32.
             dt = torch.exp(
-                torch.rand(module.dt_proj_bias.shape, device="cpu")
+                torch.rand(module.dt_proj_bias.shape, device="cpu", dtype=torch.float32)
                 * (math.log(config.ssm_dt_max) - math.log(config.ssm_dt_min))
                 + math.log(config.ssm_dt_min)
             ).clamp(min=config.ssm_dt_init_floor)
@@ -426,59 +335,66 @@ class VMambaPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
-class VMambaModel(VMambaPreTrainedModel):
-    """VMamba feature extractor: patch embedding, four stages of VSS blocks, final LayerNorm, global average pool."""
+class VMambaEncoder(VMambaPreTrainedModel):
+    """The stages, shared by `VMambaModel` and `VMambaBackbone`. Records as `hidden_states` its input (the patch
+    embedding) and every stage's output before its downsample, all (B, H, W, C)."""
+
+    main_input_name = "hidden_states"
+    _can_record_outputs = {"hidden_states": OutputRecorder(VMambaStage, index=0)}
 
     def __init__(self, config: VMambaConfig):
         super().__init__(config)
-        self.channels_first = config.channels_first
-        self.embeddings = VMambaEmbeddings(config)
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
-        offsets = [sum(config.depths[:i]) for i in range(config.num_stages + 1)]
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").split(config.depths)
         self.stages = nn.ModuleList(
-            [VMambaStage(config, i, rates[offsets[i] : offsets[i + 1]]) for i in range(config.num_stages)]
-        )
-        self.layernorm = VMambaLayerNorm(
-            config.num_features, eps=config.layer_norm_eps, channels_first=config.channels_first
+            [VMambaStage(config, index, stage_rates.tolist()) for index, stage_rates in enumerate(rates)]
         )
         self.post_init()
 
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithNoAttention:
+        for stage in self.stages:
+            _, hidden_states = stage(hidden_states)
+        return BaseModelOutputWithNoAttention(last_hidden_state=hidden_states)
+
+
+@auto_docstring
+class VMambaModel(VMambaPreTrainedModel):
+    def __init__(self, config: VMambaConfig):
+        super().__init__(config)
+        self.embeddings = VMambaEmbeddings(config)
+        self.encoder = VMambaEncoder(config)
+        self.layernorm = nn.LayerNorm(config.num_features, eps=config.layer_norm_eps)
+        self.post_init()
+
     @can_return_tuple
+    @auto_docstring
     def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.Tensor | None = None, **kwargs: Unpack[TransformersKwargs]
     ) -> BaseModelOutputWithPoolingAndNoAttention:
         r"""
-        Returns `last_hidden_state` (batch, channels, height, width) after the final LayerNorm, `pooler_output`
-        (batch, channels) its spatial mean, and with `output_hidden_states` a tuple of (batch, channels, height,
-        width) maps: the patch embedding, then each stage's output before its downsample.
+        Returns `last_hidden_state` (batch, channels, height, width) after the final LayerNorm, `pooler_output` its
+        spatial mean, and with `output_hidden_states` the patch embedding and each stage's output before its
+        downsample, all (batch, channels, height, width).
         """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-
-        hidden_states = self.embeddings(pixel_values)
-        all_hidden_states = (to_image_layout(hidden_states, self.channels_first),) if output_hidden_states else None
-        for stage in self.stages:
-            stage_output, hidden_states = stage(hidden_states)
-            if output_hidden_states:
-                all_hidden_states += (to_image_layout(stage_output, self.channels_first),)
-
-        last_hidden_state = to_image_layout(self.layernorm(hidden_states), self.channels_first)
-        pooled_output = last_hidden_state.mean(dim=(-2, -1))
+        encoder_outputs = self.encoder(self.embeddings(pixel_values), **kwargs)
+        last_hidden_state = to_channels_first(self.layernorm(encoder_outputs.last_hidden_state))
+        hidden_states = encoder_outputs.hidden_states
         return BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=last_hidden_state,
-            pooler_output=pooled_output,
-            hidden_states=all_hidden_states,
+            pooler_output=last_hidden_state.mean(dim=(-2, -1)),
+            hidden_states=tuple(map(to_channels_first, hidden_states)) if hidden_states is not None else None,
         )
 
 
+@auto_docstring(
+    custom_intro="""
+    VMamba with a linear classifier on the pooled features (e.g. for ImageNet).
+    """
+)
 class VMambaForImageClassification(VMambaPreTrainedModel):
-    """VMamba with a linear classifier on the pooled features (e.g. ImageNet)."""
-
     accepts_loss_kwargs = False
 
     def __init__(self, config: VMambaConfig):
@@ -489,19 +405,19 @@ class VMambaForImageClassification(VMambaPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutputWithNoAttention:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Targets for the loss: class indices (single-label), multi-hot floats (multi-label) or values
             (regression), as selected by `config.problem_type` (inferred from labels and num_labels when unset).
         """
-        outputs = self.vmamba(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self.vmamba(pixel_values, **kwargs)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
@@ -509,30 +425,25 @@ class VMambaForImageClassification(VMambaPreTrainedModel):
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
-class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
-    """VMamba as a backbone for dense heads (UperNet, Mask2Former, DETR, ...): multi-scale feature maps.
-
-    Stage `stageN` is the output of stage N's blocks, taken before its downsample and passed through its own
-    LayerNorm, as the original's detection/segmentation backbone (`Backbone_VSSM`, norms `outnorm0..3`) does.
-    `stem` is the patch embedding, which already ends in a LayerNorm, so it gets no extra norm (the original has
-    none either). Stages not in `config.out_features` get no norm and no parameters.
+@auto_docstring(
+    custom_intro="""
+    VMamba backbone for dense heads (UperNet, Mask2Former, DETR, ...): multi-scale feature maps. Stage `stageN` is
+    the output of stage N's blocks, taken before its downsample and passed through its own LayerNorm, as the
+    original's detection/segmentation backbone (`Backbone_VSSM`, norms `outnorm0..3`) does; `stem`, the patch
+    embedding, already ends in a LayerNorm and gets none.
     """
-
+)
+class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
     has_attentions = False
 
     def __init__(self, config: VMambaConfig):
         super().__init__(config)
-        self.channels_first = config.channels_first
         self.embeddings = VMambaEmbeddings(config)
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
-        offsets = [sum(config.depths[:i]) for i in range(config.num_stages + 1)]
-        self.stages = nn.ModuleList(
-            [VMambaStage(config, i, rates[offsets[i] : offsets[i + 1]]) for i in range(config.num_stages)]
-        )
+        self.encoder = VMambaEncoder(config)
         self.num_features = [config.hidden_sizes[0]] + list(config.hidden_sizes)
         self.hidden_states_norms = nn.ModuleDict(
             {
-                stage: VMambaLayerNorm(channels, eps=config.layer_norm_eps, channels_first=config.channels_first)
+                stage: nn.LayerNorm(channels, eps=config.layer_norm_eps)
                 for stage, channels in zip(self.out_features, self.channels)
                 if stage != "stem"
             }
@@ -540,17 +451,13 @@ class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> BackboneOutput:
+    @filter_output_hidden_states
+    @auto_docstring
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput:
         r"""
         Returns `feature_maps`, one (batch, channels, height / stride, width / stride) map per entry of
         `config.out_features` (strides 4, 4, 8, 16, 32 for `stem`, `stage1`..`stage4`), and with
-        `output_hidden_states` the un-normalised (batch, channels, height, width) maps of the patch embedding and of
-        every stage (before its downsample).
+        `output_hidden_states` the un-normalised maps of the patch embedding and of every stage.
 
         Example:
         ```python
@@ -563,36 +470,21 @@ class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
         >>> [tuple(m.shape) for m in backbone(torch.randn(1, 3, 224, 224)).feature_maps]
         [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
         ```"""
-        if pixel_values is None:
-            raise ValueError("You have to specify pixel_values")
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-
-        hidden_states = self.embeddings(pixel_values)
-        stage_outputs = [hidden_states]
-        for stage in self.stages:
-            stage_output, hidden_states = stage(hidden_states)
-            stage_outputs.append(stage_output)
-
-        feature_maps = ()
-        for name, stage_output in zip(self.stage_names, stage_outputs):
-            if name in self.out_features:
-                if name in self.hidden_states_norms:
-                    stage_output = self.hidden_states_norms[name](stage_output)
+        hidden_states = self.encoder(self.embeddings(pixel_values), **kwargs).hidden_states
+        feature_maps = []
+        for stage, hidden_state in zip(self.stage_names, hidden_states):
+            if stage in self.out_features:
+                if stage in self.hidden_states_norms:
+                    hidden_state = self.hidden_states_norms[stage](hidden_state)
                 # contiguous, as the original returns them: heads may .view() the maps
-                feature_maps += (to_image_layout(stage_output, self.channels_first).contiguous(),)
-
-        all_hidden_states = None
-        if output_hidden_states:
-            all_hidden_states = tuple(to_image_layout(output, self.channels_first) for output in stage_outputs)
-        return BackboneOutput(feature_maps=feature_maps, hidden_states=all_hidden_states)
+                feature_maps.append(to_channels_first(hidden_state).contiguous())
+        return BackboneOutput(feature_maps=tuple(feature_maps), hidden_states=tuple(map(to_channels_first, hidden_states)))
 
 
 __all__ = [
     "VMambaBackbone",
+    "VMambaEncoder",
     "VMambaForImageClassification",
     "VMambaModel",
     "VMambaPreTrainedModel",
-    "ss2d_selective_scan",
-    "resolve_scan_backend",
 ]

@@ -119,7 +119,7 @@ _LEGACY_PREFIXES = (
 _LINEAR_WEIGHT = re.compile(r"\.(in_proj|out_proj|fc1|fc2|reduction)\.weight$|^classifier\.head\.weight$")
 
 _BLOCK = r"^layers\.(\d+)\.blocks\.(\d+)\."
-_HF_BLOCK = r"stages.\1.layers.\2."
+_HF_BLOCK = r"encoder.stages.\1.layers.\2."
 # Current original key (after legacy renames) -> key inside VMambaModel (or, for the head, the classifier).
 _KEY_MAP = (
     (r"^patch_embed\.0\.(weight|bias)$", r"embeddings.conv1.\1"),
@@ -135,9 +135,9 @@ _KEY_MAP = (
     (_BLOCK + r"op\.A_logs$", _HF_BLOCK + "ssm.A_log"),
     (_BLOCK + r"op\.Ds$", _HF_BLOCK + "ssm.D"),
     (_BLOCK + r"mlp\.(fc1|fc2)\.(weight|bias)$", _HF_BLOCK + r"mlp.\3.\4"),
-    (r"^layers\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$", r"stages.\1.downsample.\2.\3"),
-    (r"^layers\.(\d+)\.downsample\.1\.(weight|bias)$", r"stages.\1.downsample.conv.\2"),
-    (r"^layers\.(\d+)\.downsample\.3\.(weight|bias)$", r"stages.\1.downsample.norm.\2"),
+    (r"^layers\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$", r"encoder.stages.\1.downsample.\2.\3"),
+    (r"^layers\.(\d+)\.downsample\.1\.(weight|bias)$", r"encoder.stages.\1.downsample.conv.\2"),
+    (r"^layers\.(\d+)\.downsample\.3\.(weight|bias)$", r"encoder.stages.\1.downsample.norm.\2"),
     (r"^classifier\.norm\.(weight|bias)$", r"layernorm.\1"),
 )
 _KEY_MAP = tuple((re.compile(pattern), replacement) for pattern, replacement in _KEY_MAP)

@@ -1,11 +1,13 @@
 # Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
-"""Pure-PyTorch selective scan and 2D cross-scan used by VMamba.
+"""Pure-PyTorch selective scan and SS2D (VMamba's four-route 2D scan).
 
-This module is the specification of the numerics (``selective_scan_reference``, ``cross_scan``,
-``cross_merge``) and the fast path that runs wherever the Triton kernels cannot (CPU, export, no Triton).
-It imports nothing but torch so that it ships with the Hub remote code next to ``modeling_vmamba.py``.
+Two roles: the specification of the numerics (``selective_scan_reference``, ``cross_scan``, ``cross_merge``,
+``ss2d_reference``: slow, obviously correct, the oracle of every test), and the fallback implementation of the SS2D
+operator (``ss2d_forward_torch`` / ``ss2d_backward_torch``: chunked, no Python loop per position) for devices
+where no compiled kernel runs. It imports nothing but torch so that it ships with the Hub remote code.
 
-Shapes (VMamba folds the four scan directions ``K`` into the channel axis):
+SS2D takes a channels-last map (see ``check_ss2d_inputs``); the plain selective scan (``selective_scan_reference``,
+``selective_scan_chunked``) folds the four scan directions ``K`` into the channel axis:
 
 - ``u``, ``delta``: ``(batch, K * D, L)``
 - ``A``: ``(K * D, N)``; ``B``, ``C``: ``(batch, K, N, L)`` shared by the ``D`` channels of a direction
@@ -254,71 +256,63 @@ def _block_inputs(u, delta, delta_bias, group_index, rows, channels, delta_softp
     return u, dt_raw, dt, dt * u
 
 
-class _StepScan(torch.autograd.Function):
-    """Chunked selective scan on step-layout inputs, with a hand-written backward that recomputes the states.
+def _step_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
+    """Chunked scan on step-layout inputs, no autograd: y (T, R, Dg, chunks).
 
     u, delta: (T, R, Dg, chunks); A: (groups, N, Dg); B, C: (T, R, N, chunks); D, delta_bias: (groups, Dg) or
-    None. Row r is group ``r % groups`` of batch element ``r // groups``. All in the compute dtype.
-    Autograd through the sweeps would keep every step's intermediates (several copies of the full
-    (batch, K*D, N, L) state); this keeps only the inputs, and works through blocks of about ``_BLOCK_ELEMENTS``
-    states so the transient memory stays bounded.
+    None. Row r is group ``r % groups`` of batch element ``r // groups``. All in the compute dtype. Works through
+    blocks of about ``_BLOCK_ELEMENTS`` states so the transient memory stays bounded.
     """
+    steps, num_rows, per_group, num_chunks = u.shape
+    blocks = list(_blocks(num_rows, per_group, A.shape[1], steps * num_chunks))
+    y = torch.empty_like(u) if len(blocks) != 1 else None
+    for rows, channels in blocks:
+        group_index = torch.arange(rows.start, rows.stop, device=u.device) % groups
+        u_block, _, dt, dtu = _block_inputs(u, delta, delta_bias, group_index, rows, channels, delta_softplus)
+        y_block = _block_forward(dt, dtu, A[group_index][:, :, channels, None], B[:, rows], C[:, rows])
+        if D is not None:
+            y_block.addcmul_(D[group_index][:, channels][None, :, :, None], u_block)
+        if y is None:  # one block holds everything
+            y = y_block
+        else:
+            y[:, rows, channels] = y_block
+    return y
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
-        steps, num_rows, per_group, num_chunks = u.shape
-        blocks = list(_blocks(num_rows, per_group, A.shape[1], steps * num_chunks))
-        y = torch.empty_like(u) if len(blocks) > 1 else None
-        for rows, channels in blocks:
-            group_index = torch.arange(rows.start, rows.stop, device=u.device) % groups
-            u_block, _, dt, dtu = _block_inputs(u, delta, delta_bias, group_index, rows, channels, delta_softplus)
-            y_block = _block_forward(dt, dtu, A[group_index][:, :, channels, None], B[:, rows], C[:, rows])
-            if D is not None:
-                y_block.addcmul_(D[group_index][:, channels][None, :, :, None], u_block)
-            if y is None:  # one block holds everything
-                y = y_block
-            else:
-                y[:, rows, channels] = y_block
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.settings = (delta_softplus, groups)
-        return y
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y):
-        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
-        delta_softplus, groups = ctx.settings
-        steps, num_rows, per_group, num_chunks = u.shape
-        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
-        grad_A, grad_B, grad_C = torch.zeros_like(A), torch.empty_like(B), torch.empty_like(C)
-        grad_D = torch.zeros_like(D) if D is not None else None
-        grad_bias = torch.zeros_like(delta_bias) if delta_bias is not None else None
-        for rows, channels in _blocks(num_rows, per_group, A.shape[1], steps * num_chunks):
-            group_index = torch.arange(rows.start, rows.stop, device=u.device) % groups
-            u_block, dt_raw, dt, dtu = _block_inputs(u, delta, delta_bias, group_index, rows, channels, delta_softplus)
-            gy = grad_y[:, rows, channels]
-            g_dt, g_dtu, g_A, g_B, g_C = _block_backward(
-                dt, dtu, A[group_index][:, :, channels, None], B[:, rows], C[:, rows], gy
-            )
-            # dtu = dt * u, dt = softplus(delta + delta_bias), y += D * u.
-            g_u = g_dtu * dt
-            if D is not None:
-                g_u.addcmul_(D[group_index][:, channels][None, :, :, None], gy)
-                grad_D[:, channels] += _sum_rows_into_groups((gy * u_block).sum((0, 3)), group_index, groups)
-            grad_u[:, rows, channels] = g_u
-            g_dt.addcmul_(g_dtu, u_block)
-            if delta_softplus:
-                g_dt.mul_(torch.sigmoid(dt_raw))
-            grad_delta[:, rows, channels] = g_dt
-            if delta_bias is not None:
-                grad_bias[:, channels] += _sum_rows_into_groups(g_dt.sum((0, 3)), group_index, groups)
-            grad_A[:, :, channels] += _sum_rows_into_groups(g_A, group_index, groups)
-            if channels.start == 0:
-                grad_B[:, rows], grad_C[:, rows] = g_B, g_C
-            else:  # a later channel block of the same rows: B and C are shared by the group, accumulate
-                grad_B[:, rows] += g_B
-                grad_C[:, rows] += g_C
-        return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias, None, None
+def _step_backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
+    """Gradients of ``_step_forward`` (u, delta, A, B, C, D, delta_bias; None for absent D/delta_bias), no
+    autograd: the states are recomputed block by block, nothing big was saved by the forward."""
+    steps, num_rows, per_group, num_chunks = u.shape
+    grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+    grad_A, grad_B, grad_C = torch.zeros_like(A), torch.empty_like(B), torch.empty_like(C)
+    grad_D = torch.zeros_like(D) if D is not None else None
+    grad_bias = torch.zeros_like(delta_bias) if delta_bias is not None else None
+    for rows, channels in _blocks(num_rows, per_group, A.shape[1], steps * num_chunks):
+        group_index = torch.arange(rows.start, rows.stop, device=u.device) % groups
+        u_block, dt_raw, dt, dtu = _block_inputs(u, delta, delta_bias, group_index, rows, channels, delta_softplus)
+        gy = grad_y[:, rows, channels]
+        g_dt, g_dtu, g_A, g_B, g_C = _block_backward(
+            dt, dtu, A[group_index][:, :, channels, None], B[:, rows], C[:, rows], gy
+        )
+        # dtu = dt * u, dt = softplus(delta + delta_bias), y += D * u.
+        g_u = g_dtu * dt
+        if D is not None:
+            g_u.addcmul_(D[group_index][:, channels][None, :, :, None], gy)
+            grad_D[:, channels] += _sum_rows_into_groups((gy * u_block).sum((0, 3)), group_index, groups)
+        grad_u[:, rows, channels] = g_u
+        g_dt.addcmul_(g_dtu, u_block)
+        if delta_softplus:
+            g_dt.mul_(torch.sigmoid(dt_raw))
+        grad_delta[:, rows, channels] = g_dt
+        if delta_bias is not None:
+            grad_bias[:, channels] += _sum_rows_into_groups(g_dt.sum((0, 3)), group_index, groups)
+        grad_A[:, :, channels] += _sum_rows_into_groups(g_A, group_index, groups)
+        if channels.start == 0:
+            grad_B[:, rows], grad_C[:, rows] = g_B, g_C
+        else:  # a later channel block of the same rows: B and C are shared by the group, accumulate
+            grad_B[:, rows] += g_B
+            grad_C[:, rows] += g_C
+    return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_bias
 
 
 def _sum_rows_into_groups(per_row: torch.Tensor, group_index: torch.Tensor, groups: int) -> torch.Tensor:
@@ -326,14 +320,36 @@ def _sum_rows_into_groups(per_row: torch.Tensor, group_index: torch.Tensor, grou
     return per_row.new_zeros(groups, *per_row.shape[1:]).index_add_(0, group_index, per_row)
 
 
-@torch.compiler.disable
-def _step_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
-    """Run eagerly under torch.compile: tracing would unroll every sweep step (minutes of compile per shape) for
-    no gain, while a graph break costs one Python call. Takes A as (groups*Dg, N) and D, delta_bias as (groups*Dg,)."""
-    per_group = u.shape[2]
+def _grouped_parameters(A, D, delta_bias, groups, per_group):
+    """A (groups*Dg, N) -> (groups, N, Dg); D, delta_bias (groups*Dg,) -> (groups, Dg)."""
     A = A.reshape(groups, per_group, -1).transpose(1, 2)
     D = D.reshape(groups, per_group) if D is not None else None
     delta_bias = delta_bias.reshape(groups, per_group) if delta_bias is not None else None
+    return A, D, delta_bias
+
+
+class _StepScan(torch.autograd.Function):
+    """Autograd for the chunked scan: keeps only the inputs; the backward recomputes the states. Autograd through
+    the sweeps would keep every step's intermediates (several copies of the full (batch, K*D, N, L) state)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.settings = (delta_softplus, groups)
+        return _step_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        grads = _step_backward(grad_y, *ctx.saved_tensors, *ctx.settings)
+        return (*grads, None, None)
+
+
+@torch.compiler.disable
+def _step_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
+    """Run eagerly under torch.compile: tracing would unroll every sweep step (minutes of compile per shape) for
+    no gain. Takes A as (groups*Dg, N) and D, delta_bias as (groups*Dg,)."""
+    A, D, delta_bias = _grouped_parameters(A, D, delta_bias, groups, u.shape[2])
     return _StepScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, groups)
 
 
@@ -407,103 +423,171 @@ def route_order(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([routes[:, :2], routes[:, 2:].flip(-1)], dim=1)
 
 
-def _route_steps(images: torch.Tensor, route: int) -> torch.Tensor:
-    """(B, C, H, W) read in route ``route``'s order, directly in step layout with one chunk per image line.
+# ---------------------------------------------------------------------------------------------------------------
+# SS2D: the four-route scan of a channels-last feature map, merged back into the map
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_ss2d_inputs(x, dt, A, B, C, D, dt_bias) -> None:
+    """Shape and dtype checks of the SS2D contract, shared by every implementation (torch, numba, Triton).
+
+    x (batch, H, W, C); dt (batch, H, W, 4, C); A (4, C, N); B, C (batch, H, W, 4, N); D, dt_bias (4, C).
+    """
+    tensors = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias}
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise TypeError(f"ss2d: {name} must be a floating-point tensor, got {getattr(tensor, 'dtype', tensor)}")
+    if x.dim() != 4:
+        raise ValueError(f"ss2d: x must be (batch, height, width, channels), got shape {tuple(x.shape)}")
+    if A.dim() != 3:
+        raise ValueError(f"ss2d: A must be (4, channels, state), got shape {tuple(A.shape)}")
+    batch, height, width, channels = x.shape
+    state = A.shape[2]
+    expected = {
+        "dt": (batch, height, width, 4, channels),
+        "A": (4, channels, state),
+        "B": (batch, height, width, 4, state),
+        "C": (batch, height, width, 4, state),
+        "D": (4, channels),
+        "dt_bias": (4, channels),
+    }
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"ss2d: {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        raise ValueError(f"ss2d: all inputs must be on one device, got {sorted(map(str, devices))}")
+
+
+def ss2d_compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 when any input is float64, else float32 (half-precision inputs are scanned in float32)."""
+    return _compute_dtype(*tensors)
+
+
+def _route_steps(image: torch.Tensor, route: int) -> torch.Tensor:
+    """(B, H, W, F) read in route ``route``'s order, directly in step layout with one chunk per image line.
 
     Row routes (0, 2) cut the sequence at every image row (T = W, chunks = H), column routes (1, 3) at every
     column (T = H, chunks = W); routes 2 and 3 are 0 and 1 backwards, i.e. both axes flipped.
-    Returns (T, B, C, chunks).
+    Returns a (T, B, F, chunks) view.
     """
-    steps = images.permute(3, 0, 1, 2) if route % 2 == 0 else images.permute(2, 0, 1, 3)
+    steps = image.permute(2, 0, 3, 1) if route % 2 == 0 else image.permute(1, 0, 3, 2)
     return steps.flip(0, 3) if route >= 2 else steps
 
 
 def _route_image(steps: torch.Tensor, route: int) -> torch.Tensor:
-    """Inverse of ``_route_steps``: (T, B, C, chunks) -> (B, C, H, W) view."""
+    """Inverse of ``_route_steps``: (T, B, F, chunks) -> (B, H, W, F) view."""
     if route >= 2:
         steps = steps.flip(0, 3)
-    return steps.permute(1, 2, 3, 0) if route % 2 == 0 else steps.permute(1, 2, 0, 3)
+    return steps.permute(1, 3, 0, 2) if route % 2 == 0 else steps.permute(1, 0, 3, 2)
 
 
-def _ss2d_steps(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, dtype):
-    """SS2D through the chunked core without cross_scan/route_order/cross_merge copies or transposes.
+def _route_sets(height: int, width: int) -> list[tuple[int, ...]]:
+    """A square map runs all four routes in one call; otherwise row and column routes have different chunk
+    lengths (W vs H) and run as two calls of two routes each."""
+    return [(0, 1, 2, 3)] if height == width else [(0, 2), (1, 3)]
 
-    Each route is cut into image lines, so its step layout is a permute (and flip) of the image. A square map
-    runs all four routes in one call; otherwise row and column routes have different chunk lengths and run as
-    two calls of two routes each.
+
+def _stacked_steps(image_of_route, routes):
+    """Step layouts of several routes stacked as rows (batch-major, route-minor): (T, B * routes, F, chunks)."""
+    steps = torch.stack([_route_steps(image_of_route(k), k) for k in routes], dim=2)  # (T, B, routes, F, chunks)
+    return steps.reshape(steps.shape[0], -1, *steps.shape[3:])
+
+
+def _route_parameters(A, D, dt_bias, routes):
+    """A (4, C, N) -> (routes, N, C); D, dt_bias (4, C) -> (routes, C): the grouped layout of the step scan."""
+    picked = list(routes)
+    return A[picked].transpose(1, 2), D[picked], dt_bias[picked]
+
+
+def ss2d_forward_torch(x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
+    """SS2D with the chunked scan: each route is read straight into the scan's step layout (no cross-scan copies)
+    and merged by adding its output back in place. Returns (batch, H, W, C) in the compute dtype; no autograd.
     """
-    batch, channels, height, width = x.shape
-    route_sets = [(0, 1, 2, 3)] if height == width else [(0, 2), (1, 3)]
-    A = A.to(dtype).reshape(4, channels, -1)
-    D = D.to(dtype).reshape(4, channels) if D is not None else None
-    delta_bias = delta_bias.to(dtype).reshape(4, channels) if delta_bias is not None else None
-    x, dts, Bs, Cs = (t.to(dtype) for t in (x, dts, Bs, Cs))
-    merged = None
-    for routes in route_sets:
-        def stacked(per_route):
-            steps = torch.stack([per_route(k) for k in routes], dim=2)  # (T, B, routes, C, chunks)
-            return steps.reshape(steps.shape[0], batch * len(routes), *steps.shape[3:])
-
-        picked = list(routes)
-        y = _step_scan(
-            stacked(lambda k: _route_steps(x, k)),
-            stacked(lambda k: _route_steps(dts[:, k], k)),
-            A[picked].reshape(len(routes) * channels, -1),
-            stacked(lambda k: _route_steps(Bs[:, k], k)),
-            stacked(lambda k: _route_steps(Cs[:, k], k)),
-            D[picked].reshape(-1) if D is not None else None,
-            delta_bias[picked].reshape(-1) if delta_bias is not None else None,
-            delta_softplus,
+    dtype = _compute_dtype(x, dt, A, B, C, D, dt_bias)
+    x, dt, A, B, C, D, dt_bias = (t.to(dtype) for t in (x, dt, A, B, C, D, dt_bias))
+    batch, height, width, channels = x.shape
+    merged = torch.zeros(x.shape, dtype=dtype, device=x.device)
+    for routes in _route_sets(height, width):
+        A_r, D_r, bias_r = _route_parameters(A, D, dt_bias, routes)
+        y = _step_forward(
+            _stacked_steps(lambda k: x, routes),
+            _stacked_steps(lambda k: dt[..., k, :], routes),
+            A_r,
+            _stacked_steps(lambda k: B[..., k, :], routes),
+            _stacked_steps(lambda k: C[..., k, :], routes),
+            D_r,
+            bias_r,
+            True,
             len(routes),
         )
         y = y.reshape(y.shape[0], batch, len(routes), channels, y.shape[-1])
         for index, route in enumerate(routes):
-            image = _route_image(y[:, :, index], route)
-            if merged is None:
-                merged = image.clone(memory_format=torch.contiguous_format)
-            else:
-                merged.add_(image)
+            merged.add_(_route_image(y[:, :, index], route))
     return merged
 
 
-def ss2d_selective_scan_torch(
-    x: torch.Tensor,
-    dts: torch.Tensor,
-    A: torch.Tensor,
-    Bs: torch.Tensor,
-    Cs: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool = True,
-    scan_fn=selective_scan_chunked,
-) -> torch.Tensor:
-    """VMamba's SS2D core in image layout: four-route scan of ``x`` merged back to (B, D, H, W).
+def ss2d_backward_torch(grad_y, x, dt, A, B, C, D, dt_bias):
+    """Gradients of ``ss2d_forward_torch`` with respect to (x, dt, A, B, C, D, dt_bias), each in its input's
+    dtype; explicit (no autograd), so it can serve as an operator's backward."""
+    inputs = (x, dt, A, B, C, D, dt_bias)
+    dtype = _compute_dtype(*inputs)
+    grad_y, x, dt, A, B, C, D, dt_bias = (t.to(dtype) for t in (grad_y, *inputs))
+    batch, height, width, channels = x.shape
+    grad_x = torch.zeros_like(x)
+    grad_dt, grad_A, grad_B, grad_C = (torch.zeros_like(t) for t in (dt, A, B, C))
+    grad_D, grad_bias = torch.zeros_like(D), torch.zeros_like(dt_bias)
+    for routes in _route_sets(height, width):
+        A_r, D_r, bias_r = _route_parameters(A, D, dt_bias, routes)
+        g_u, g_dt, g_A, g_B, g_C, g_D, g_bias = _step_backward(
+            _stacked_steps(lambda k: grad_y, routes),  # the merge is a sum: every route gets the whole grad_y
+            _stacked_steps(lambda k: x, routes),
+            _stacked_steps(lambda k: dt[..., k, :], routes),
+            A_r,
+            _stacked_steps(lambda k: B[..., k, :], routes),
+            _stacked_steps(lambda k: C[..., k, :], routes),
+            D_r,
+            bias_r,
+            True,
+            len(routes),
+        )
 
-    ``x`` is (B, D, H, W); ``dts`` (B, 4, D, H, W) and ``Bs``, ``Cs`` (B, 4, N, H, W) are the per-direction
-    projections at image position (h, w); ``A`` is (4*D, N); ``D`` and ``delta_bias`` are (4*D,). With the default
-    ``scan_fn`` the routes go straight into the chunked scan's layout (no cross-scan copies); any other
-    ``scan_fn`` with the selective-scan signature runs on ``cross_scan``/``route_order`` copies.
+        def per_route(steps, index, route):
+            steps = steps.reshape(steps.shape[0], batch, len(routes), *steps.shape[2:])
+            return _route_image(steps[:, :, index], route)
+
+        for index, route in enumerate(routes):
+            grad_x.add_(per_route(g_u, index, route))
+            grad_dt[..., route, :] = per_route(g_dt, index, route)
+            grad_B[..., route, :] = per_route(g_B, index, route)
+            grad_C[..., route, :] = per_route(g_C, index, route)
+            grad_A[route] = g_A[index].transpose(0, 1)
+            grad_D[route], grad_bias[route] = g_D[index], g_bias[index]
+    grads = (grad_x, grad_dt, grad_A, grad_B, grad_C, grad_D, grad_bias)
+    return tuple(g.to(t.dtype) for g, t in zip(grads, inputs))
+
+
+def ss2d_reference(x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
+    """SS2D by its definition: ``cross_scan`` copies of the map, the step-by-step ``selective_scan_reference``,
+    ``cross_merge``. Slow; the specification every implementation is tested against (differentiable by autograd).
+
+    Takes the channels-last contract of ``check_ss2d_inputs``; returns (batch, H, W, C) in the compute dtype.
     """
-    if x.dim() != 4:
-        raise ValueError(f"ss2d: x must be (B, D, H, W), got {tuple(x.shape)}")
-    batch, channels, height, width = x.shape
-    if dts.shape != (batch, 4, channels, height, width):
-        raise ValueError(f"ss2d: dts has shape {tuple(dts.shape)}, expected {(batch, 4, channels, height, width)}")
-    if Bs.dim() != 5 or Bs.shape[:2] != (batch, 4) or Bs.shape[3:] != (height, width):
-        raise ValueError(f"ss2d: Bs has shape {tuple(Bs.shape)}, expected (B={batch}, 4, N, H={height}, W={width})")
-    if Cs.shape != Bs.shape:
-        raise ValueError(f"ss2d: Cs has shape {tuple(Cs.shape)}, expected the shape of Bs {tuple(Bs.shape)}")
-    d_state = Bs.shape[2]
-    if A.shape != (4 * channels, d_state):
-        raise ValueError(f"ss2d: A has shape {tuple(A.shape)}, expected {(4 * channels, d_state)}")
-    for name, vector in (("D", D), ("delta_bias", delta_bias)):
-        if vector is not None and vector.shape != (4 * channels,):
-            raise ValueError(f"ss2d: {name} has shape {tuple(vector.shape)}, expected {(4 * channels,)}")
-    if scan_fn is selective_scan_chunked:
-        dtype = _compute_dtype(x, dts, A, Bs, Cs, D, delta_bias)
-        return _ss2d_steps(x, dts, A, Bs, Cs, D, delta_bias, delta_softplus, dtype)
+    check_ss2d_inputs(x, dt, A, B, C, D, dt_bias)
+    batch, height, width, channels = x.shape
     length = height * width
-    u = cross_scan(x).reshape(batch, 4 * channels, length)
-    delta = route_order(dts).reshape(batch, 4 * channels, length)
-    y = scan_fn(u, delta, A, route_order(Bs), route_order(Cs), D, delta_bias, delta_softplus)
-    return cross_merge(y.reshape(batch, 4, channels, length), height, width).reshape(batch, channels, height, width)
+    image = x.permute(0, 3, 1, 2)  # (B, C, H, W)
+    u = cross_scan(image).reshape(batch, 4 * channels, length)
+    delta = route_order(dt.permute(0, 3, 4, 1, 2)).reshape(batch, 4 * channels, length)
+    y = selective_scan_reference(
+        u,
+        delta,
+        A.reshape(4 * channels, -1),
+        route_order(B.permute(0, 3, 4, 1, 2)),
+        route_order(C.permute(0, 3, 4, 1, 2)),
+        D.reshape(-1),
+        dt_bias.reshape(-1),
+        delta_softplus=True,
+    )
+    merged = cross_merge(y.reshape(batch, 4, channels, length), height, width)
+    return merged.reshape(batch, channels, height, width).permute(0, 2, 3, 1)

@@ -1,0 +1,143 @@
+# Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
+"""VMamba's SS2D scan as one PyTorch operator, ``torch.ops.vmamba.ss2d_scan``, with a kernel per device.
+
+One operator (with a registered fake and a backward operator) keeps the whole scan a single node for
+``torch.compile`` (no graph break), ``torch.export`` and ONNX export, whatever runs inside. Inside, the fastest
+available implementation runs, chosen per call the way Transformers' Mamba picks its kernels:
+
+- a compiled kernel from the ``vmamba_kernels`` package when it can run on the inputs' device (numba on CPU,
+  Triton on CUDA);
+- otherwise the pure-PyTorch chunked scan of ``selective_scan.py`` (with a warning, once: it is several times slower).
+
+``VMAMBA_SCAN_BACKEND`` overrides the choice: ``auto`` (default), ``kernel`` (a compiled kernel or an error) or
+``torch`` (always the PyTorch path). The operator's contract is ``selective_scan.check_ss2d_inputs``; its output is
+float32 (float64 when an input is float64) whatever the inputs' precision.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .selective_scan import (
+    check_ss2d_inputs,
+    ss2d_backward_torch,
+    ss2d_compute_dtype,
+    ss2d_forward_torch,
+)
+
+
+try:  # compiled kernels ship with the package, not with Hub remote code
+    import vmamba_kernels
+except ImportError:
+    vmamba_kernels = None
+
+
+BACKEND_ENV_VAR = "VMAMBA_SCAN_BACKEND"
+BACKENDS = ("auto", "kernel", "torch")
+_warned_fallback: set[str] = set()
+
+
+def requested_backend() -> str:
+    """The backend asked for by ``VMAMBA_SCAN_BACKEND`` (default "auto"); a bad value is an error naming it."""
+    value = os.environ.get(BACKEND_ENV_VAR, "").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV_VAR} must be one of {', '.join(BACKENDS)}; got {value!r}")
+    return value
+
+
+def _kernel_for(device_type: str):
+    """(kernel, None) for a compiled kernel that runs on this device type, else (None, reason)."""
+    if vmamba_kernels is None:
+        return None, "the vmamba_kernels package is not installed (pip install transformers-vmamba)"
+    return vmamba_kernels.ss2d_kernel(device_type)
+
+
+def implementation(device: torch.device):
+    """The (forward, backward) pair that runs the operator on ``device``, honouring ``VMAMBA_SCAN_BACKEND``."""
+    backend = requested_backend()
+    if backend != "torch":
+        kernel, reason = _kernel_for(device.type)
+        if kernel is not None:
+            return kernel.forward, kernel.backward
+        if backend == "kernel":
+            raise RuntimeError(f"{BACKEND_ENV_VAR}=kernel but no compiled SS2D kernel runs on {device.type}: {reason}")
+        if device.type not in _warned_fallback:
+            _warned_fallback.add(device.type)
+            from transformers.utils import logging
+
+            logging.get_logger(__name__).warning(
+                f"VMamba: no compiled SS2D kernel for {device.type} ({reason}); using the slower PyTorch scan."
+            )
+    return ss2d_forward_torch, ss2d_backward_torch
+
+
+def _define_operator():
+    """Register ``vmamba::ss2d_scan`` and its backward once per process (the package and a Hub remote-code copy
+    of this file may both be imported; the first registration serves both, they share the contract)."""
+    try:
+        torch.ops.vmamba.ss2d_scan
+        return
+    except AttributeError:
+        pass
+
+    @torch.library.custom_op("vmamba::ss2d_scan", mutates_args=())
+    def ss2d_scan_op(
+        x: torch.Tensor,
+        dt: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor,
+        dt_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        forward, _ = implementation(x.device)
+        return forward(x, dt, A, B, C, D, dt_bias)
+
+    @ss2d_scan_op.register_fake
+    def _(x, dt, A, B, C, D, dt_bias):
+        return x.new_empty(x.shape, dtype=ss2d_compute_dtype(x, dt, A, B, C, D, dt_bias))
+
+    @torch.library.custom_op("vmamba::ss2d_scan_backward", mutates_args=())
+    def ss2d_scan_backward_op(
+        grad_y: torch.Tensor,
+        x: torch.Tensor,
+        dt: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor,
+        dt_bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        _, backward = implementation(x.device)
+        return tuple(backward(grad_y, x, dt, A, B, C, D, dt_bias))
+
+    @ss2d_scan_backward_op.register_fake
+    def _(grad_y, x, dt, A, B, C, D, dt_bias):
+        return tuple(torch.empty_like(t) for t in (x, dt, A, B, C, D, dt_bias))
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad_y):
+        return torch.ops.vmamba.ss2d_scan_backward(grad_y, *ctx.saved_tensors)
+
+    ss2d_scan_op.register_autograd(backward, setup_context=setup_context)
+
+
+_define_operator()
+
+
+def ss2d_scan(x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
+    """The SS2D scan of a channels-last map: checks the inputs, then runs ``torch.ops.vmamba.ss2d_scan``.
+
+    x (batch, H, W, C); dt (batch, H, W, 4, C) before bias and softplus; A (4, C, N), negative; B, C
+    (batch, H, W, 4, N); D, dt_bias (4, C). Returns (batch, H, W, C), the four routes' outputs summed, in float32
+    (float64 for float64 inputs). Differentiable in every input.
+    """
+    check_ss2d_inputs(x, dt, A, B, C, D, dt_bias)
+    return torch.ops.vmamba.ss2d_scan(x, dt, A, B, C, D, dt_bias)
+
+
+__all__ = ["BACKENDS", "BACKEND_ENV_VAR", "implementation", "requested_backend", "ss2d_scan"]
