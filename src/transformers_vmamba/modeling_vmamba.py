@@ -220,18 +220,14 @@ class VMambaPatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * in_size, out_size, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        height, width = hidden_states.shape[1:3]
-        hidden_states = F.pad(hidden_states, (0, 0, 0, width % 2, 0, height % 2))
-        # Order of the original: (even row, even col), (odd row, even col), (even row, odd col), (odd row, odd col).
-        merged = torch.cat(
-            [
-                hidden_states[:, 0::2, 0::2],
-                hidden_states[:, 1::2, 0::2],
-                hidden_states[:, 0::2, 1::2],
-                hidden_states[:, 1::2, 1::2],
-            ],
-            dim=-1,
-        )
+        batch, height, width, channels = hidden_states.shape
+        half_height, half_width = (height + 1) // 2, (width + 1) // 2
+        hidden_states = F.pad(hidden_states, (0, 0, 0, 2 * half_width - width, 0, 2 * half_height - height))
+        # (B, H/2, row parity, W/2, col parity, C) -> the original's order of the four neighbours: (even row, even
+        # col), (odd row, even col), (even row, odd col), (odd row, odd col), i.e. column parity major. Written as
+        # one reshape (not four strided slices) so that export sees every size as a plain function of H and W.
+        merged = hidden_states.view(batch, half_height, 2, half_width, 2, channels).permute(0, 1, 3, 4, 2, 5)
+        merged = merged.reshape(batch, half_height, half_width, 4 * channels)
         return self.reduction(self.norm(merged))
 
 
