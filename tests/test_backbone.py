@@ -184,9 +184,21 @@ def test_classifier_weights_initialise_a_backbone(tmp_path):
     classifier and final norm are dropped, and the output norms start as (1, 0)."""
     from transformers_vmamba import VMambaForImageClassification
 
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
     classifier = VMambaForImageClassification(tiny_config("vmamba-tiny-s2l5")).eval()
     classifier.save_pretrained(tmp_path)
-    backbone = VMambaBackbone.from_pretrained(tmp_path, out_features=FOUR_STAGES).eval()
+    package_logger = logging.get_logger("transformers_vmamba.modeling_vmamba")
+    package_logger.setLevel("INFO")
+    try:
+        with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as report, CaptureLogger(package_logger) as note:
+            backbone = VMambaBackbone.from_pretrained(tmp_path, out_features=FOUR_STAGES).eval()
+    finally:
+        package_logger.setLevel("NOTSET")
+    # the deliberate drop of the head is explained in one line, not reported as missing/unexpected keys
+    assert "MISSING" not in report.out and "UNEXPECTED" not in report.out, report.out
+    assert "classifier checkpoint" in note.out and "start at weight 1, bias 0" in note.out
     pixel_values = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         trunk_states = classifier(pixel_values, output_hidden_states=True).hidden_states
@@ -199,6 +211,18 @@ def test_classifier_weights_initialise_a_backbone(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # AutoBackbone.from_pretrained on a local folder (upstream limitation in transformers 5.24.0)
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_backbone_checkpoint_missing_a_norm_is_still_reported(tmp_path):
+    """The quiet load above is for classifier checkpoints only: a backbone folder without a stage norm the config
+    asks for still gets Transformers' report."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    VMambaBackbone(tiny_backbone_config(out_features=["stage4"])).save_pretrained(tmp_path)
+    with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as report:
+        VMambaBackbone.from_pretrained(tmp_path, out_features=["stage2", "stage4"])
+    assert "MISSING" in report.out and "hidden_states_norms.stage2.weight" in report.out
 
 
 def test_auto_backbone_from_pretrained_local_folder_is_broken_upstream(tmp_path):

@@ -11,6 +11,7 @@ it ships unchanged as Hub remote code.
 
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +28,15 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, auto_docstring
+from transformers.utils import TransformersKwargs, auto_docstring, logging
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vmamba import VMambaConfig
 from .ss2d import requested_backend, ss2d_scan
 
+
+logger = logging.get_logger(__name__)
 
 NUM_DIRECTIONS = 4
 
@@ -445,6 +448,23 @@ class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
             }
         )
         self.post_init()
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """A classifier (or VMambaModel) checkpoint is the usual starting point of a backbone: its final norm and
+        head are deliberately unused and the stage norms it lacks start as the identity. Say so in one line instead
+        of Transformers' missing/unexpected report, in that case only."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        trunk_only = re.compile(r"^(vmamba\.)?layernorm\.|^classifier\.")
+        dropped = {key for key in loading_info.unexpected_keys if trunk_only.search(key)}
+        if not dropped:
+            return
+        new_norms = {key for key in loading_info.missing_keys if key.startswith("hidden_states_norms.")}
+        loading_info.unexpected_keys -= dropped
+        loading_info.missing_keys -= new_norms
+        logger.info(
+            "VMambaBackbone from a classifier checkpoint: its final LayerNorm and head are not used; the output norms "
+            f"of {sorted({key.split('.')[1] for key in new_norms})} start at weight 1, bias 0."
+        )
 
     @can_return_tuple
     @filter_output_hidden_states
