@@ -486,6 +486,7 @@ class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
         >>> [tuple(m.shape) for m in backbone(torch.randn(1, 3, 224, 224)).feature_maps]
         [(1, 96, 56, 56), (1, 192, 28, 28), (1, 384, 14, 14), (1, 768, 7, 7)]
         ```"""
+        kwargs["output_hidden_states"] = True  # the feature maps are taken from them
         hidden_states = self.encoder(self.embeddings(pixel_values), **kwargs).hidden_states
         feature_maps = []
         for stage, hidden_state in zip(self.stage_names, hidden_states):
