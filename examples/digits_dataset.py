@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from transformers_vmamba.atomic_folder import sigterm_as_exit, write_folder_atomically
 
 # Hidden, so that the imagefolder builder does not treat it as data or metadata.
 MARKER_FILE = ".digits_imagefolder.json"
@@ -34,6 +34,12 @@ def _digit_to_image(pixels_8x8: np.ndarray, image_size: int) -> Image.Image:
     return image.convert("RGB")
 
 
+def _digits_folder_problem(folder: Path) -> str | None:
+    if (folder / MARKER_FILE).is_file() or not any(folder.iterdir()):
+        return None
+    return "it is not a digits image folder written by this script"
+
+
 def write_digits_imagefolder(
     root: str | os.PathLike,
     image_size: int = 32,
@@ -43,9 +49,9 @@ def write_digits_imagefolder(
 ) -> Path:
     """Write the digits as RGB PNGs under ``root`` with a fixed, stratified train/test split.
 
-    Idempotent: a folder already written with the same parameters is reused as is. Atomic: the images are
-    written to a temporary sibling folder that is renamed into place only when complete, so an interrupted
-    run never leaves a half-written dataset behind.
+    Idempotent: a folder already written with the same parameters is reused as is. Atomic
+    (`write_folder_atomically`): the images are written to a temporary sibling folder that is renamed into place
+    only when complete, so an interrupted run never leaves a half-written dataset behind.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -66,7 +72,7 @@ def write_digits_imagefolder(
             f"{root} already holds a digits image folder written with {existing.get('params')}, not {params}; "
             "choose another folder or pass overwrite=True"
         )
-    if root.exists() and any(root.iterdir()) and not marker.is_file():
+    if root.is_dir() and any(root.iterdir()) and not marker.is_file():
         raise ValueError(f"{root} exists and is not a digits image folder written by this script; refusing to touch it")
 
     digits = load_digits()
@@ -75,9 +81,9 @@ def write_digits_imagefolder(
         indices, test_size=test_fraction, random_state=seed, stratify=digits.target
     )
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    # Replaced only when it is our own folder (its marker) or empty; the helper also refuses the current directory,
+    # home and mount points, serialises concurrent writers and cleans up after a killed run.
+    with write_folder_atomically(root, overwrite=root.exists(), owned_by_us=_digits_folder_problem) as staging:
         counts = {}
         for split, split_idx in (("train", train_idx), ("test", test_idx)):
             for index in sorted(split_idx.tolist()):
@@ -87,17 +93,6 @@ def write_digits_imagefolder(
                 _digit_to_image(digits.images[index], image_size).save(out_dir / f"{index:04d}.png")
             counts[split] = len(split_idx)
         (staging / MARKER_FILE).write_text(json.dumps({"params": params, "counts": counts}, indent=2))
-        if root.exists():
-            # Only reached for overwrite=True or an empty folder: move the old one aside, then swap.
-            trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, trash / "old")
-            os.replace(staging, root)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root
 
 
@@ -117,7 +112,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified train/test split")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
-    path = write_digits_imagefolder(args.root, args.image_size, args.test_fraction, args.seed, args.overwrite)
+    with sigterm_as_exit():
+        path = write_digits_imagefolder(args.root, args.image_size, args.test_fraction, args.seed, args.overwrite)
     counts = json.loads((path / MARKER_FILE).read_text())["counts"]
     print(f"digits image folder at {path}: {counts['train']} train / {counts['test']} test images")
 

@@ -6,8 +6,8 @@ A classification checkpoint gives a folder that loads with `AutoModelForImageCla
 `backbone.`) gives a `VMambaBackbone` folder; its decode/detection heads and necks are not converted. Either folder
 carries the flat modelling code for `trust_remote_code`, a preprocessor config and a model card, and can be pushed
 to the Hub.
-The key mapping itself lives in `transformers_vmamba.from_original_checkpoint`; this script only fetches, checks,
-writes atomically and verifies.
+Everything about the checkpoint (reading it safely, which weights, which release, the key mapping and its checks)
+lives in `transformers_vmamba.original_checkpoint`; this script only fetches, writes atomically and verifies.
 
 Examples:
   vmamba-convert --model vmamba-tiny-s2l5 --output converted/vmamba-tiny-s2l5
@@ -23,17 +23,16 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic_folder import check_output_folder, path_lock, sigterm_as_exit, write_folder_atomically
 from .released_models import RELEASED_MODELS, ReleasedModel, get_released_model
 
 
-WEIGHTS_KEYS = ("model", "model_ema")
+WEIGHTS_KEYS = ("model", "model_ema", "state_dict")  # --weights-key choices; the library picks when not given
 EXPECTED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md")
 VERIFY_INPUT_SHAPE = (1, 3, 32, 32)  # every stage still has >= 1 position; keeps base models quick
 VERIFY_TOLERANCE = 1e-5
@@ -66,24 +65,36 @@ def is_url(text: str) -> bool:
     return urllib.parse.urlparse(text).scheme in ("http", "https")
 
 
+def cached_path(url: str, cache_dir: Path) -> Path:
+    """Where `url` is cached: a folder per URL, the file under its own (sanitised) name."""
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1]).replace("\\", "/")).name
+    if name in ("", ".", ".."):
+        name = "checkpoint.pth"
+    return Path(cache_dir) / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+
+
 def download_checkpoint(url: str, cache_dir: Path) -> Path:
-    """Stream `url` into the cache with a progress bar; a finished download is reused, a partial one never is."""
+    """Stream `url` into the cache with a progress bar; a finished download is reused, a partial one never is.
+    Concurrent downloads of the same URL take turns (a lock), so none reads another's half-written file."""
     from huggingface_hub.file_download import http_get
 
-    file_name = urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1]) or "checkpoint.pth"
-    target = cache_dir / hashlib.sha256(url.encode()).hexdigest()[:16] / file_name
-    if target.is_file():
-        print(f"using cached {target}", file=sys.stderr)
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".incomplete")
-    try:
-        with open(partial, "wb") as handle:
-            http_get(url, handle, displayed_filename=file_name)
-        os.replace(partial, target)
-    except Exception as error:
-        partial.unlink(missing_ok=True)
-        raise ConversionError(f"download of {url} failed: {type(error).__name__}: {one_line(error)}") from error
+    target = cached_path(url, cache_dir)
+    with path_lock(target):
+        if target.is_file():
+            print(f"using cached {target}", file=sys.stderr)
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".incomplete")
+        try:
+            with open(partial, "wb") as handle:
+                http_get(url, handle, displayed_filename=target.name)
+            os.replace(partial, target)
+        except BaseException as error:
+            partial.unlink(missing_ok=True)
+            if isinstance(error, Exception):
+                message = f"download of {url} failed: {type(error).__name__}: {one_line(error)}"
+                raise ConversionError(message) from error
+            raise
     return target
 
 
@@ -103,121 +114,63 @@ def resolve_checkpoint(checkpoint: str | None, released: ReleasedModel | None, c
     return path, path.name
 
 
-def released_for_source(source: str) -> ReleasedModel | None:
-    """Recognise a released checkpoint by its URL or file name, so its card can cite the published metrics."""
-    name = urllib.parse.unquote(source.rsplit("/", 1)[-1])
-    for model in RELEASED_MODELS.values():
-        if source == model.url or name == model.file_name:
-            return model
-    return None
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Safe load (weights_only, inert stand-ins for pickled classes) by the package; any failure is one message."""
-    from . import load_original_checkpoint
+def read_checkpoint(path: Path, source: str, cache_dir: Path):
+    """Safe load by the package. A cached download that cannot be read is deleted and fetched once more (a damaged
+    cache would otherwise fail the same way forever)."""
+    from .original_checkpoint import OriginalCheckpointError, load_original_checkpoint
 
     try:
-        checkpoint = load_original_checkpoint(path)
-    except Exception as error:
-        raise ConversionError(
-            f"cannot read {path}: not a readable PyTorch checkpoint (corrupt or truncated file?): {one_line(error)}"
-        ) from error
-    if not isinstance(checkpoint, dict):
-        raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict or state dict")
-    return checkpoint
-
-
-def report_skipped_modules(checkpoint: dict, weights_key: str | None) -> bool:
-    """For a detection/segmentation checkpoint, say on stderr what is left out; returns whether it is one."""
-    from .original_checkpoint import (
-        OriginalCheckpointError,
-        select_weights,
-        split_detection_state_dict,
-    )
-
-    try:
-        state_dict = select_weights(checkpoint, weights_key)[0]
-    except OriginalCheckpointError:
-        return False  # build_model reports it with the package's message
-    detection = split_detection_state_dict(state_dict)
-    if detection is None:
-        return False
-    print("detection/segmentation checkpoint: converting only the VMamba backbone ('backbone.*')", file=sys.stderr)
-    for module, keys in detection[1].items():
-        print(f"skipped {module} ({len(keys)} tensors)", file=sys.stderr)
-    print("decode/detection heads and necks are not converted (out of scope)", file=sys.stderr)
-    return True
-
-
-def choose_weights_key(checkpoint: dict, requested: str | None, released: ReleasedModel | None) -> str | None:
-    """Prefer the weights the published accuracy was measured with: EMA when present (all releases but
-    Vanilla-VMamba-T), else `model`. Returns None for a bare state dict."""
-    available = [key for key in WEIGHTS_KEYS if isinstance(checkpoint.get(key), dict)]
-    if not available:
-        if requested is not None:
-            raise ConversionError(
-                f"--weights-key {requested} given, but the checkpoint has no 'model'/'model_ema' entry"
-            )
-        return None
-    if requested is not None:
-        if requested not in available:
-            raise ConversionError(
-                f"--weights-key {requested}: the checkpoint has no {requested!r} weights "
-                f"(it has: {', '.join(available)})"
-            )
-        return requested
-    if released is not None and released.default_weights_key in available:
-        return released.default_weights_key
-    return "model_ema" if "model_ema" in available else "model"
-
-
-def check_output_target(output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise ConversionError(f"output {output} already exists (pass --overwrite to replace it)")
-    if output.exists() and not output.is_dir():
-        raise ConversionError(f"output {output} exists and is not a folder")
-
-
-def checkpoint_family(config) -> str:
-    """The released family a config belongs to, in the names the registry uses."""
-    if config.ssm_gate:
-        return "v0"
-    return "v2v" if config.ssm_expansion_ratio == 1.0 else "v2"
-
-
-def build_model(checkpoint: dict, weights_key: str | None, released: ReleasedModel | None):
-    """`from_original_checkpoint` does the mapping and every check; a mismatch with the named release gets a short
-    summary (family, sizes) in front of the package's field-by-field list."""
-    import logging
-
-    from . import from_original_checkpoint, infer_config_from_state_dict
-    from .original_checkpoint import (
-        OriginalCheckpointError,
-        select_weights,
-        split_detection_state_dict,
-    )
-
-    state_or_checkpoint = checkpoint if weights_key is None else {weights_key: checkpoint[weights_key]}
-    package_logger = logging.getLogger("transformers_vmamba.original_checkpoint")
-    level = package_logger.level
-    package_logger.setLevel(logging.ERROR)  # skipped heads are already reported by report_skipped_modules
-    try:
-        return from_original_checkpoint(
-            state_or_checkpoint, variant=released.name if released else None, weights_key=weights_key
-        )
+        return load_original_checkpoint(path)
     except OriginalCheckpointError as error:
-        if released is None or "does not match variant" not in str(error):
+        if not is_url(source) or path != cached_path(source, cache_dir):
             raise
-        state_dict = select_weights(state_or_checkpoint, weights_key)[0]
-        detection = split_detection_state_dict(state_dict)
-        found = infer_config_from_state_dict(state_dict if detection is None else detection[0])
-        raise ConversionError(
-            f"--model {released.name} is a {released.family} model ({released.title}), but the checkpoint is a "
-            f"{checkpoint_family(found)} model with hidden sizes {found.hidden_sizes} and depths {found.depths}. "
-            f"Details: {one_line(error)}"
-        ) from error
-    finally:
-        package_logger.setLevel(level)
+        print(f"the cached download {path} is unreadable ({one_line(error)}); downloading it again", file=sys.stderr)
+        path.unlink(missing_ok=True)
+    path = download_checkpoint(source, cache_dir)
+    try:
+        return load_original_checkpoint(path)
+    except OriginalCheckpointError:
+        path.unlink(missing_ok=True)  # the server's file itself is damaged: keep nothing of it
+        raise
+
+
+def _code_files(folder: Path, config: dict) -> set[str]:
+    """The modelling code `save_pretrained` copied into a folder: the modules in `auto_map` and their relative
+    imports."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    names = set()
+    auto_map = config.get("auto_map")
+    for ref in auto_map.values() if isinstance(auto_map, dict) else ():
+        module = folder / (ref.split(".")[0] + ".py") if isinstance(ref, str) else None
+        if module is not None and module.is_file():
+            names.add(module.name)
+            try:
+                names.update(Path(file).name for file in get_relative_import_files(str(module)))
+            except (OSError, ValueError, SyntaxError):
+                pass
+    return names
+
+
+def converted_folder_problem(folder: Path) -> str | None:
+    """Why `folder` is not a folder this converter wrote, or None if it is. ``--overwrite`` replaces only such a
+    folder: a VMamba config.json and nothing but the files a conversion writes."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "it has no readable config.json, so it is not a folder written by vmamba-convert"
+    if not isinstance(config, dict) or config.get("model_type") != "vmamba":
+        return "its config.json is not a VMamba config, so it is not a folder written by vmamba-convert"
+    known = set(EXPECTED_FILES) | _code_files(folder, config)
+    foreign = sorted(
+        entry.name + ("/" if entry.is_dir(follow_symlinks=False) else "")
+        for entry in os.scandir(folder)
+        if entry.name not in known or not entry.is_file(follow_symlinks=False)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        return f"it holds files vmamba-convert does not write ({shown})"
+    return None
 
 
 def is_backbone(model) -> bool:
@@ -232,7 +185,18 @@ def model_outputs(model, pixel_values) -> list:
     return list(output.feature_maps) if is_backbone(model) else [output.logits]
 
 
-def verify_folder(folder: Path, model) -> float:
+def _identical(a, b) -> bool:
+    """Bit-for-bit equal values, NaN equal to NaN (weights with NaN pass only under --allow-non-finite)."""
+    import torch
+
+    try:
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    except AssertionError:
+        return False
+    return True
+
+
+def verify_folder(folder: Path, model, *, allow_non_finite: bool = False) -> float:
     """Reload the written folder in a fresh model of the same class: weights must be identical and the outputs
     (logits, or a backbone's feature maps) equal on a fixed input."""
     import torch
@@ -254,7 +218,7 @@ def verify_folder(folder: Path, model) -> float:
             f"verification failed: saved tensors differ from the model's "
             f"(missing {sorted(set(expected) - set(saved))[:3]}, extra {sorted(set(saved) - set(expected))[:3]})"
         )
-    changed = [name for name, tensor in expected.items() if not torch.equal(saved[name], tensor)]
+    changed = [name for name, tensor in expected.items() if not _identical(saved[name], tensor)]
     if changed:
         raise ConversionError(f"verification failed: saved weights differ from the converted ones: {changed[:3]}")
 
@@ -270,24 +234,28 @@ def verify_folder(folder: Path, model) -> float:
         raise ConversionError(f"verification failed: reloaded model gives {len(actuals)} {what}, not {len(references)}")
     max_abs_diff = 0.0
     for reference, actual in zip(references, actuals):
-        if not torch.isfinite(reference).all():
+        finite = torch.isfinite(reference)
+        if not finite.all() and not allow_non_finite:
             raise ConversionError(f"verification failed: the converted model gives non-finite {what}")
         if reference.shape != actual.shape:
             raise ConversionError(f"verification failed: reloaded model's {what} have other shapes")
-        diff = (reference - actual).abs().max().item()
-        max_abs_diff = max(max_abs_diff, diff)
         # Weights are bit-identical (checked above); the forward pass may still differ in the last bits because
         # CPU kernels pick code paths by memory alignment, so allow float32 rounding noise and nothing more.
-        if diff > VERIFY_TOLERANCE * max(1.0, reference.abs().max().item()):
-            raise ConversionError(f"verification failed: reloaded model's {what} differ (max |diff| {diff:.3g})")
+        scale = max(1.0, reference[finite].abs().max().item() if finite.any() else 0.0)
+        try:
+            torch.testing.assert_close(actual, reference, rtol=0, atol=VERIFY_TOLERANCE * scale, equal_nan=True)
+        except AssertionError:
+            raise ConversionError(f"verification failed: reloaded model's {what} differ") from None
+        if finite.any():
+            max_abs_diff = max(max_abs_diff, (reference[finite] - actual[finite]).abs().max().item())
     return max_abs_diff
 
 
 def write_model_folder(
     tmp: Path, model, *, source: str, weights_key: str | None, released, official: bool, model_id: str
 ) -> None:
-    from .model_card import build_model_card
     from . import default_image_processor
+    from .model_card import build_model_card
 
     model.save_pretrained(tmp)
     default_image_processor().save_pretrained(tmp)
@@ -304,32 +272,6 @@ def write_model_folder(
     card.save(tmp / "README.md")
 
 
-def make_world_readable(folder: Path) -> None:
-    """mkdtemp (and the safetensors writer) create owner-only entries; give the result the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
-
-
-def install_atomically(tmp: Path, output: Path) -> None:
-    """Swap the finished temp folder into place; an existing folder (with --overwrite) is replaced only at the end."""
-    backup = None
-    if output.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-        backup.rmdir()
-        os.replace(output, backup)
-    try:
-        os.replace(tmp, output)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, output)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def convert(
     *,
     output: Path,
@@ -339,58 +281,57 @@ def convert(
     overwrite: bool = False,
     cache_dir: Path | None = None,
     repo_id: str | None = None,
+    allow_non_finite: bool = False,
 ) -> ConversionResult:
-    """Convert one checkpoint into `output`; nothing is left behind when anything fails."""
+    """Convert one checkpoint into `output`; nothing is left behind when anything fails.
+
+    Everything about the checkpoint (reading, which weights, which release, mapping, checks) is the library's
+    `convert_original_checkpoint`; this adds fetching, the folder (written by `write_folder_atomically`) and a
+    reload check of what was written.
+    """
     from transformers.utils import logging as transformers_logging
+
+    from .original_checkpoint import convert_original_checkpoint, released_model_for
 
     released = get_released_model(model_name) if model_name else None
     if checkpoint is None and released is None:
         raise ConversionError("give --checkpoint PATH_OR_URL, --model NAME, or both")
-    output = Path(output).expanduser().absolute()
-    check_output_target(output, overwrite)
+    variant = released.name if released else None
+    output = check_output_folder(output, overwrite=overwrite, owned_by_us=converted_folder_problem)
+    if checkpoint is not None:
+        released_model_for(variant, checkpoint)  # a released file named for another model: fail before downloading
 
-    path, source = resolve_checkpoint(checkpoint, released, cache_dir or default_cache_dir())
-    recognised = released_for_source(source)  # the authors' own file, by URL or file name
-    if released is not None and recognised is not None and recognised is not released:
-        raise ConversionError(f"{source} is the released file of {recognised.name}, not of {released.name}")
-    card_release = released or recognised
-    raw = load_checkpoint(path)
-    key = choose_weights_key(raw, weights_key, card_release)
-    report_skipped_modules(raw, key)
-    model = build_model(raw, key, card_release)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path, source = resolve_checkpoint(checkpoint, released, cache_dir)
+    raw = read_checkpoint(path, source, cache_dir)
+    result = convert_original_checkpoint(
+        raw, variant, weights_key, source=source, allow_non_finite=allow_non_finite
+    )
     del raw
+    model = result.model
 
-    created = [parent for parent in reversed(output.parents) if not parent.exists()]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    def say_waiting(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    with write_folder_atomically(
+        output, overwrite=overwrite, owned_by_us=converted_folder_problem, on_wait=say_waiting
+    ) as tmp:
         transformers_logging.disable_progress_bar()  # keep stderr for the download bar and errors
         write_model_folder(
             tmp,
             model,
             source=source,
-            weights_key=key,
-            released=card_release,
-            official=recognised is not None,
+            weights_key=result.weights_key,
+            released=result.release,
+            official=result.official,
             model_id=repo_id or output.name,
         )
-        max_abs_diff = verify_folder(tmp, model)
-        make_world_readable(tmp)
-        check_output_target(output, overwrite)
-        install_atomically(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for parent in reversed(created):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        raise
+        max_abs_diff = verify_folder(tmp, model, allow_non_finite=allow_non_finite)
     return ConversionResult(
         output_dir=output,
-        weights_key=key or "state dict",
+        weights_key=result.weights_key or "state dict",
         num_parameters=sum(p.numel() for p in model.parameters()),
-        released=card_release,
+        released=result.release,
         max_abs_diff=max_abs_diff,
         outputs="feature maps" if is_backbone(model) else "logits",
     )
@@ -443,14 +384,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights-key",
         choices=WEIGHTS_KEYS,
         help="which weights of the checkpoint to convert (default: the ones the published accuracy was measured "
-        "with: model_ema when present, else model; Vanilla-VMamba-T: model)",
+        "with: model_ema when present, else model, else state_dict; Vanilla-VMamba-T: model)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it already exists")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output if it already exists and is a folder this converter wrote (anything else is refused)",
+    )
+    parser.add_argument(
+        "--allow-non-finite",
+        action="store_true",
+        help="convert weights with NaN or infinite values (with a warning) instead of refusing them",
+    )
     parser.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
-        help="where downloads are cached (default: $VMAMBA_CACHE or $HF_HOME/transformers-vmamba/original-checkpoints)",
+        help="where downloads are cached "
+        "(default: $VMAMBA_CACHE or $HF_HOME/transformers-vmamba/original-checkpoints)",
     )
     parser.add_argument("--push-to-hub", action="store_true", help="upload the folder to the Hub after converting")
     parser.add_argument(
@@ -473,27 +424,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.output is None:
         parser.error("--output DIR is required")
+    if not args.output.strip():
+        parser.error("--output must not be empty")
     if args.checkpoint is None and args.model is None:
         parser.error("give --checkpoint PATH_OR_URL, --model NAME, or both")
     if args.push_to_hub and not args.repo_id:
         parser.error("--push-to-hub needs --repo-id ORG/NAME")
     try:
-        result = convert(
-            output=Path(args.output),
-            checkpoint=args.checkpoint,
-            model_name=args.model,
-            weights_key=args.weights_key,
-            overwrite=args.overwrite,
-            cache_dir=args.cache_dir,
-            repo_id=args.repo_id,
-        )
-        print(
-            f"converted {result.weights_key} weights ({result.num_parameters:,} parameters) into {result.output_dir}; "
-            f"reloaded folder has identical weights and {result.outputs} within {result.max_abs_diff:.1g}"
-        )
-        if args.push_to_hub:
-            url = upload_to_hub(result.output_dir, args.repo_id, private=args.private)
-            print(f"uploaded to {url}")
+        with sigterm_as_exit():  # a SIGTERM cleans up like Ctrl-C, then exits with 143
+            _run(args)
     except Exception as error:
         if args.debug:
             raise
@@ -506,6 +445,26 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 1
     return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    result = convert(
+        output=Path(args.output),
+        checkpoint=args.checkpoint,
+        model_name=args.model,
+        weights_key=args.weights_key,
+        overwrite=args.overwrite,
+        cache_dir=args.cache_dir,
+        repo_id=args.repo_id,
+        allow_non_finite=args.allow_non_finite,
+    )
+    print(
+        f"converted {result.weights_key} weights ({result.num_parameters:,} parameters) into {result.output_dir}; "
+        f"reloaded folder has identical weights and {result.outputs} within {result.max_abs_diff:.1g}"
+    )
+    if args.push_to_hub:
+        url = upload_to_hub(result.output_dir, args.repo_id, private=args.private)
+        print(f"uploaded to {url}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from . import convert as converter
+from .atomic_folder import sigterm_as_exit
 from .released_models import RELEASED_MODELS, get_released_model
 
 
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--weights-key", choices=converter.WEIGHTS_KEYS, help="override each model's default weights")
     parser.add_argument("--cache-dir", type=Path, help="download cache (see vmamba-convert --help)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing output folders (only ones vmamba-convert wrote)"
+    )
     parser.add_argument(
         "--skip-existing", action="store_true", help="leave existing output folders alone (still pushed)"
     )
@@ -78,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{step['name']}: {step['checkpoint']} [{step['weights_key']}] -> {step['output']}{push}")
         return 0
 
+    with sigterm_as_exit():  # a SIGTERM cleans up the conversion under way, then exits with 143
+        failures = _convert_each(steps, args)
+    summary = f"{len(steps) - len(failures)} of {len(steps)} converted"
+    print(summary + (f"; failed: {', '.join(failures)}" if failures else ""))
+    return 1 if failures else 0
+
+
+def _convert_each(steps: list[dict], args: argparse.Namespace) -> list[str]:
+    """Convert (and push) each step; a failure is reported and the next step runs. Returns the failed names."""
     failures = []
     for step in steps:
         print(f"== {step['name']}", flush=True)
@@ -101,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(step["name"])
             print(f"error: {step['name']}: {converter.one_line(error)}", file=sys.stderr)
         gc.collect()
-    summary = f"{len(steps) - len(failures)} of {len(steps)} converted"
-    print(summary + (f"; failed: {', '.join(failures)}" if failures else ""))
-    return 1 if failures else 0
+    return failures
 
 
 if __name__ == "__main__":
