@@ -1,11 +1,14 @@
-# Quickstart targets: each sets up .venv on first use, then runs.
+# Quickstart targets: each sets up the virtual environment on first use, then runs.
+# VENV (default .venv) and the variables documented in scripts/setup.sh choose what gets installed.
 .PHONY: setup test demo
+VENV ?= .venv
+export VENV
 
 setup:
 	bash scripts/setup.sh
 
 test: setup
-	.venv/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest
 
 demo: setup
-	.venv/bin/python examples/demo.py
+	$(VENV)/bin/python examples/demo.py
