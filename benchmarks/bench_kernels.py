@@ -1,25 +1,32 @@
 # Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
-"""GPU benchmark of the Triton selective scan and the fused SS2D core against the torch path on the same GPU.
+"""GPU benchmark of the SS2D operator's Triton kernel against its PyTorch path on the same GPU, and its bandwidth.
 
-Method: CUDA events around each call, median of ``--repeats`` timed runs after ``--warmup`` runs. Forward runs
-under ``torch.no_grad()``; forward+backward computes every input gradient with ``torch.autograd.grad``. The scan
-kernel's achieved memory bandwidth (minimal bytes moved / kernel time) is compared with the measured device-to-device
-copy bandwidth (the roofline of a memory-bound kernel).
+Method: CUDA events around each call, median of ``--repeats`` timed runs after ``--warmup`` runs (the warm-up also
+covers Triton's autotuning, which happens on the first call for each state size, channel count and dtypes). Both
+implementations are called directly with the operator's contract (channels-last, ``check_ss2d_inputs``):
+``vmamba_kernels.triton_ss2d.forward/backward`` and ``transformers_vmamba.selective_scan.ss2d_forward_torch/
+ss2d_backward_torch``. "fwd" is a forward; "fwd+bwd" is a forward and the backward the operator runs in training
+(which recomputes the scan from the inputs). Inputs come from ``testing_utils.make_ss2d_inputs`` (realistic ranges):
+activations in the benchmark dtype, A, D and dt_bias in float32 as the model passes them.
 
-Optional comparison with the original implementation (never vendored here): pass ``--original-path`` pointing at
-the original repository's ``classification/models`` folder on a machine where its CUDA extension
-``selective_scan_cuda_oflex`` has been built and installed; its ``selective_scan_fn`` and Triton
-``cross_scan_fn``/``cross_merge_fn`` are then timed on the same inputs.
+Bandwidth: the bytes a kernel must move at least (forward: read x, dt, B, C, write y; backward: read x, dt, B, C,
+dy, write dx, ddt, dB, dC) over its time, against the measured device-to-device copy bandwidth (the roofline of a
+memory-bound kernel). The Triton kernels move more than that (each route reads x; y and dx are accumulated with
+atomics; the backward re-reads its inputs and writes chunk states), so the percentage is an efficiency, not a
+traffic measurement.
 
-    python benchmarks/bench_kernels.py                    # all cases, fp32 and bf16, writes RESULTS_gpu.md
-    python benchmarks/bench_kernels.py --sweep            # also try launch configs of the Triton kernels
-    python benchmarks/bench_kernels.py --cases scan-v2v-T-s1 --dtypes bf16 --no-write
+    python benchmarks/bench_kernels.py                      # all cases, fp32 and bf16, writes RESULTS_gpu.md
+    python benchmarks/bench_kernels.py --sweep              # also time every autotune configuration, pinned
+    python benchmarks/bench_kernels.py --cases v2v-T-s1 --dtypes bf16 --no-write
+    python benchmarks/bench_kernels.py --smoke              # run this script on tiny shapes (CPU: interpreter)
+    python benchmarks/bench_kernels.py --dry-run            # print the plan (no GPU needed)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -40,104 +47,52 @@ from gpu_common import (  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# name: (batch, K, channels per direction, d_state, L). VMamba-T at 224: stage 1 is 56x56 (L=3136), stage 3 14x14.
-SCAN_CASES = {
-    "scan-v2v-T-s1": (128, 4, 96, 1, 3136),  # vmamba-tiny-s1l8, stage 1 (ssm ratio 1, d_state 1)
-    "scan-v2v-T-s3": (128, 4, 384, 1, 196),
-    "scan-v0-T-s1": (128, 4, 192, 16, 3136),  # vanilla-vmamba-tiny, stage 1 (ssm ratio 2, d_state 16)
-    "scan-long-L16384": (8, 4, 96, 1, 16384),  # 128x128 feature map
-}
-# name: (batch, channels, d_state, H, W)
-SS2D_CASES = {
-    "ss2d-v2v-T-s1": (128, 96, 1, 56, 56),
-    "ss2d-v0-T-s1": (128, 192, 16, 56, 56),
-    "ss2d-highres-128x128": (8, 96, 1, 128, 128),
-}
-SWEEP_CONFIGS = [
-    (bd, ch, nw)
-    for bd in (2, 4, 8, 16, 32)
-    for ch in (32, 64, 128, 256)
-    for nw in (4, 8)
-    if 512 <= bd * ch <= 8192
-]
+
+def stage_cases() -> dict[str, tuple[int, int, int, int, int]]:
+    """name: (batch, H, W, channels, d_state) of the SS2D scans of VMamba-T models at 224x224, batch 128 (stage i
+    is 56 / 2**i pixels square; channels = the stage's inner size), plus a high-resolution map."""
+    from transformers_vmamba import VMambaConfig
+
+    cases = {}
+    variants = (("v2v-T", "vmamba-tiny-s1l8"), ("v2-T", "vmamba-tiny-s2l5"), ("v0-T", "vanilla-vmamba-tiny"))
+    for short, variant in variants:
+        config = VMambaConfig.from_variant(variant)
+        for stage in range(4):
+            if short == "v2-T" and stage > 0:
+                continue  # same scans as v2v-T except the doubled width: stage 1 shows it
+            side = 56 >> stage
+            cases[f"{short}-s{stage + 1}"] = (128, side, side, config.inner_size(stage), config.ssm_state_size)
+    cases["v2v-T-s1-512px"] = (8, 128, 128, 96, 1)
+    return cases
 
 
-def scan_inputs(case, dtype, device, requires_grad=False):
-    batch, groups, dg, n, length = case
-    ch = groups * dg
-    g = torch.Generator(device=device).manual_seed(0)
+def make_inputs(case, dtype, device):
+    from transformers_vmamba.testing_utils import make_ss2d_inputs
 
-    def rnd(*shape, scale=1.0, shift=0.0, dt=dtype):
-        return (torch.randn(*shape, generator=g, device=device) * scale + shift).to(dt)
-
-    tensors = [
-        rnd(batch, ch, length),
-        rnd(batch, ch, length, scale=0.5, shift=-1.0),
-        -torch.rand(ch, n, generator=g, device=device) * n - 0.5,
-        rnd(batch, groups, n, length),
-        rnd(batch, groups, n, length),
-        rnd(ch, dt=torch.float32),
-        rnd(ch, scale=0.3, dt=torch.float32),
-    ]
-    return [t.requires_grad_(requires_grad) for t in tensors]
+    batch, height, width, channels, state = case
+    inputs = make_ss2d_inputs(batch, height, width, channels, state, dtype=dtype, device=device)
+    inputs.update({key: inputs[key].float() for key in ("A", "D", "dt_bias")})
+    return list(inputs.values())
 
 
-def ss2d_inputs(case, dtype, device, requires_grad=False):
-    batch, d, n, h, w = case
-    g = torch.Generator(device=device).manual_seed(0)
-
-    def rnd(*shape, scale=1.0, shift=0.0, dt=dtype):
-        return (torch.randn(*shape, generator=g, device=device) * scale + shift).to(dt)
-
-    tensors = [
-        rnd(batch, d, h, w),
-        rnd(batch, 4, d, h, w, scale=0.5, shift=-1.0),
-        -torch.rand(4 * d, n, generator=g, device=device) * n - 0.5,
-        rnd(batch, 4, n, h, w),
-        rnd(batch, 4, n, h, w),
-        rnd(4 * d, dt=torch.float32),
-        rnd(4 * d, scale=0.3, dt=torch.float32),
-    ]
-    return [t.requires_grad_(requires_grad) for t in tensors]
+def minimal_bytes(case, dtype) -> tuple[int, int]:
+    """Bytes the forward and the backward must move at least (see the module docstring)."""
+    batch, height, width, channels, state = case
+    positions, element = batch * height * width, torch.tensor([], dtype=dtype).element_size()
+    x, dt, bc = positions * channels * element, positions * 4 * channels * element, 2 * positions * 4 * state * element
+    y = positions * channels * 4  # float32
+    forward = x + dt + bc + y
+    backward = x + dt + bc + y + x + dt + bc  # inputs and dy read; dx, ddt, dB, dC written in the inputs' dtypes
+    return forward, backward
 
 
-def load_original(path: str | None):
-    """The original's selective_scan_fn / cross_scan_fn / cross_merge_fn when its CUDA extension is importable."""
-    if not path:
-        return None, "not requested (--original-path)"
-    sys.path.insert(0, path)
+def time_ms(fn, warmup, repeats):
+    """Median ms of fn(), or 'OOM' / an error text when it cannot run."""
     try:
-        csms6s = importlib.import_module("csms6s")
-        csm_triton = importlib.import_module("csm_triton")
-    except Exception as err:  # any import failure means: not comparable here
-        return None, f"import failed: {type(err).__name__}: {err}"
-    if not getattr(csms6s, "WITH_SELECTIVESCAN_OFLEX", False):
-        return None, "selective_scan_cuda_oflex is not importable"
-    return (csms6s.selective_scan_fn, csm_triton.cross_scan_fn, csm_triton.cross_merge_fn), "selective_scan_cuda_oflex"
-
-
-def time_impl(fn, make_inputs, mode, warmup, repeats):
-    """Median ms of fn in 'fwd' or 'fwd+bwd' mode; 'OOM' / error text when it cannot run."""
-    try:
-        inputs = make_inputs(mode == "fwd+bwd")
-        if mode == "fwd":
-
-            def run():
-                with torch.no_grad():
-                    fn(*inputs)
-
-        else:
-            with torch.no_grad():
-                grad_out = torch.randn_like(fn(*inputs).float())
-            leaves = [t for t in inputs if t.requires_grad]
-
-            def run():
-                torch.autograd.grad(fn(*inputs), leaves, grad_out)
-
-        return cuda_time_ms(run, warmup=warmup, repeats=repeats)["median_ms"]
+        return cuda_time_ms(fn, warmup=warmup, repeats=repeats)["median_ms"]
     except torch.cuda.OutOfMemoryError:
         return "OOM"
-    except Exception as err:
+    except Exception as err:  # recorded in the table, so one failing case does not lose the rest
         return f"error: {type(err).__name__}: {str(err)[:80]}"
     finally:
         if torch.cuda.is_available():
@@ -152,210 +107,183 @@ def ratio(base, other):
     return f"{base / other:.2f}x" if isinstance(base, float) and isinstance(other, float) else "-"
 
 
-def scan_bytes(case, dtype, n_chunks):
-    batch, groups, dg, n, length = case
-    ch, elt = groups * dg, torch.tensor([], dtype=dtype).element_size()
-    fwd = elt * 2 * batch * ch * length + elt * 2 * batch * groups * n * length + 4 * batch * ch * length
-    # forward (inference): read u, delta, B, C; write y (fp32).
-    # backward: read u, delta, B, C, dy (fp32), chunk states; write du, ddelta (fp32), dB, dC (fp32)
-    bwd = elt * 2 * batch * ch * length + elt * 2 * batch * groups * n * length + 4 * batch * ch * length
-    bwd += 4 * batch * ch * n * n_chunks + 4 * 2 * batch * ch * length + 4 * 2 * batch * groups * n * length
-    return fwd, bwd
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
 
-def kernel_roofline(case, dtype, device, copy_bw, warmup, repeats):
-    """Time the forward and backward Triton kernels alone and relate their bandwidth to the copy roofline."""
-    from vmamba_kernels import ops
+def picked_config(kernel) -> str:
+    """The configuration autotune chose at the kernel's last launch (pinned/interpreted launches: '-')."""
+    config = getattr(kernel, "best_config", None)
+    if config is None:
+        return "-"
+    return f"BLOCK_D={config.kwargs['BLOCK_D']} CHUNK={config.kwargs['CHUNK']} num_warps={config.num_warps}"
 
-    u, delta, A, B, C, D, bias = scan_inputs(case, dtype, device)
-    # The inference forward (no chunk states stored), then the states a training forward keeps for the backward.
-    fwd_ms = cuda_time_ms(
-        lambda: ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True, False), warmup=warmup, repeats=repeats
-    )
-    y, states = ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True, True)
-    dy = torch.randn_like(y)
-    bwd_ms = cuda_time_ms(
-        lambda: ops.selective_scan_bwd(dy, u, delta, A, B, C, D, bias, states, True), warmup=warmup, repeats=repeats
-    )
-    fwd_bytes, bwd_bytes = scan_bytes(case, dtype, states.shape[3])
-    out = {}
-    for name, stats, n_bytes in (("fwd", fwd_ms, fwd_bytes), ("bwd", bwd_ms, bwd_bytes)):
-        gbs = n_bytes / (stats["median_ms"] * 1e-3) / 1e9
-        out[name] = (stats["median_ms"], gbs, 100 * gbs / copy_bw)
-    return out
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreter_config():
+    import triton
+
+    return triton.Config({"BLOCK_D": 4, "CHUNK": 4}, num_warps=1, num_stages=1)
 
 
 def sweep(case, dtype, device, warmup, repeats):
-    from vmamba_kernels import ops
+    """Every configuration of the autotune tables for this state size, pinned: rows (kernel, config, ms)."""
+    import triton
 
-    u, delta, A, B, C, D, bias = scan_inputs(case, dtype, device)
-    results = []
-    for config in SWEEP_CONFIGS:
-        ops.CONFIG_OVERRIDE = config
-        try:
-            fwd = cuda_time_ms(
-                lambda: ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True, False), warmup=warmup, repeats=repeats
-            )
-            y, states = ops.selective_scan_fwd(u, delta, A, B, C, D, bias, True, True)
-            dy = torch.randn_like(y)
-            bwd = cuda_time_ms(
-                lambda: ops.selective_scan_bwd(dy, u, delta, A, B, C, D, bias, states, True), warmup=warmup, repeats=repeats
-            )
-            results.append((config, fwd["median_ms"], bwd["median_ms"]))
-        except Exception as err:  # a config the compiler rejects (e.g. out of shared memory) is just skipped
-            print(f"  config {config}: {type(err).__name__}: {str(err)[:100]}")
-        finally:
-            ops.CONFIG_OVERRIDE = None
-    return sorted(results, key=lambda r: r[1] + r[2])
+    from vmamba_kernels import triton_ss2d
+
+    inputs = make_inputs(case, dtype, device)
+    grad_y = torch.randn(case[:4], device=device)
+    n_class = triton_ss2d._state_class(triton.next_power_of_2(case[4]))
+    rows = []
+    for table, backward in ((triton_ss2d.FORWARD_CONFIGS, False), (triton_ss2d.BACKWARD_CONFIGS, True)):
+        configs = [interpreter_config()] if interpreting() else table[n_class]
+        for config in configs:
+            if backward:
+                ms = time_ms(lambda: triton_ss2d.backward(grad_y, *inputs, config=config), warmup, repeats)
+            else:
+                ms = time_ms(lambda: triton_ss2d.forward(*inputs, config=config), warmup, repeats)
+            rows.append(["bwd" if backward else "fwd", f"{config.kwargs} w{config.num_warps}", fmt(ms)])
+    return rows
 
 
-def check_against_torch(kernel_fn, torch_fn, inputs):
-    """Max difference relative to the torch path's largest magnitude (text, since the torch path may run out of memory)."""
+def bench_case(name, case, dtype_name, device, copy_bw, args):
+    """Rows of the timing, roofline and sweep tables, and the check lines, of one case in one dtype."""
+    from transformers_vmamba.selective_scan import ss2d_backward_torch, ss2d_forward_torch
+    from vmamba_kernels import triton_ss2d
+
+    dtype = DTYPES[dtype_name]
+    inputs = make_inputs(case, dtype, device)
+    grad_y = torch.randn(case[:4], device=device)
+    checks = []
     try:
         with torch.no_grad():
-            a, b = kernel_fn(*inputs).float(), torch_fn(*inputs).float()
-        return f"{((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item():.2e}"
+            difference = relative_difference(triton_ss2d.forward(*inputs), ss2d_forward_torch(*inputs))
+        checks.append(f"{name} {dtype_name}: max relative difference Triton vs torch = {difference:.2e}")
     except torch.cuda.OutOfMemoryError:
-        return "not checked (torch path out of memory)"
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        checks.append(f"{name} {dtype_name}: not compared (the torch path ran out of memory)")
+    implementations = {
+        "Triton": (lambda: triton_ss2d.forward(*inputs), lambda: triton_ss2d.backward(grad_y, *inputs)),
+        "torch": (lambda: ss2d_forward_torch(*inputs), lambda: ss2d_backward_torch(grad_y, *inputs)),
+    }
+    times = {}
+    for impl, (forward, backward) in implementations.items():
+        times[impl, "fwd"] = time_ms(forward, args.warmup, args.repeats)
+        times[impl, "bwd"] = time_ms(backward, args.warmup, args.repeats)
+        both = (times[impl, "fwd"], times[impl, "bwd"])
+        times[impl, "fwd+bwd"] = sum(both) if all(isinstance(t, float) for t in both) else "-"
+    rows = []
+    for mode in args.modes:
+        triton_ms, torch_ms = times["Triton", mode], times["torch", mode]
+        rows.append([name, f"{case}", dtype_name, mode, fmt(triton_ms), fmt(torch_ms), ratio(torch_ms, triton_ms)])
+        print(rows[-1], flush=True)
+    roofline_rows = []
+    kernels = {"fwd": triton_ss2d.ss2d_forward_kernel, "bwd": triton_ss2d.ss2d_backward_kernel}
+    for (kernel_name, kernel), n_bytes in zip(kernels.items(), minimal_bytes(case, dtype)):
+        ms = times["Triton", kernel_name]
+        if isinstance(ms, float):
+            gbs = n_bytes / (ms * 1e-3) / 1e9
+            cells = [f"{ms:.3f}", f"{gbs:.0f}", f"{100 * gbs / copy_bw:.0f}%"]
+        else:
+            cells = [fmt(ms), "-", "-"]
+        roofline_rows.append([name, dtype_name, kernel_name, *cells, picked_config(kernel)])
+    sweep_rows = [[name, dtype_name, *row] for row in sweep(case, dtype, device, 2, 5)] if args.sweep else []
+    return rows, roofline_rows, sweep_rows, checks
 
 
-def main():
+def dry_run(args) -> None:
+    """What a run would measure, and whether the Triton kernel can run here; needs no GPU."""
+    import vmamba_kernels
+
+    cases = stage_cases()
+    unknown = set(args.cases or ()) - set(cases)
+    if unknown:
+        raise SystemExit(f"unknown case(s) {sorted(unknown)}; known: {', '.join(cases)}")
+    for name in args.cases or cases:
+        print(f"{name} {cases[name]} dtypes={args.dtypes} modes={args.modes} sweep={args.sweep}")
+    kernel, reason = vmamba_kernels.ss2d_kernel("cuda")
+    print("Triton kernel:", "available" if kernel is not None else f"unavailable ({reason})")
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="*", default=list(SCAN_CASES) + list(SS2D_CASES))
-    parser.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--cases", nargs="*", default=None, help="default: all (see stage_cases)")
+    parser.add_argument("--dtypes", nargs="*", default=None, choices=list(DTYPES), help="default: fp32 bf16")
     parser.add_argument("--modes", nargs="*", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--original-path", default=None, help="the original's classification/models folder")
-    parser.add_argument("--sweep", action="store_true", help="time every launch config of SWEEP_CONFIGS")
+    parser.add_argument("--sweep", action="store_true", help="also time every autotune configuration, pinned")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS_gpu.md")
-    parser.add_argument("--smoke", action="store_true", help="check this script on tiny shapes (CPU: TRITON_INTERPRET=1)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="run this script on tiny shapes (CPU: interpreter)")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned measurements and exit")
+    args = parser.parse_args(argv)
+    args.dtypes = args.dtypes or (["bf16"] if args.smoke else ["fp32", "bf16"])
 
+    if args.dry_run:
+        return dry_run(args)
     device = require_cuda("bench_kernels.py", smoke=args.smoke)
-    if args.smoke:
-        SCAN_CASES.update({name: (1, 2, 3, case[3], 40) for name, case in SCAN_CASES.items()})
-        SS2D_CASES.update({name: (1, 3, case[2], 5, 7) for name, case in SS2D_CASES.items()})
-        SWEEP_CONFIGS[:] = SWEEP_CONFIGS[:2]
+    if args.smoke and device.type != "cuda":
+        # Triton decides interpretation when a kernel is defined, so before anything imports triton.language.
+        os.environ["TRITON_INTERPRET"] = "1"
+    cases = stage_cases()
+    unknown = set(args.cases or ()) - set(cases)
+    if unknown:
+        raise SystemExit(f"unknown case(s) {sorted(unknown)}; known: {', '.join(cases)}")
+    names = args.cases or list(cases)
+    if args.smoke:  # one case per state size unless named; tiny maps
+        names = args.cases or ["v2v-T-s1", "v0-T-s1"]
+        cases = {name: (1, 3, 4, 5, state) for name, (_, _, _, _, state) in cases.items()}
         args.warmup, args.repeats, args.no_write = 0, 1, True
+
     import vmamba_kernels
 
-    if not vmamba_kernels.is_available():
-        raise SystemExit(f"bench_kernels.py: the Triton kernels cannot run: {vmamba_kernels.unavailable_reason()}")
-    from transformers_vmamba import selective_scan as torch_scan
+    kernel, reason = vmamba_kernels.ss2d_kernel("cuda")
+    if kernel is None and not args.smoke:
+        raise SystemExit(f"bench_kernels.py: the Triton kernel cannot run: {reason}")
+    from vmamba_kernels import triton_ss2d
 
-    chunked = getattr(torch_scan, "selective_scan_chunked", None)
-    ss2d_torch = getattr(torch_scan, "ss2d_selective_scan_torch", None)
-    original, original_note = load_original(args.original_path)
+    # The interpreter (--smoke on CPU) runs anything slowly: the smallest tiles, pinned.
+    pin = triton_ss2d.pinned_config(interpreter_config()) if interpreting() else contextlib.nullcontext()
 
     env = environment()
     copy_bw = copy_bandwidth_gbs()
     print(environment_markdown(env), f"\ncopy bandwidth: {copy_bw:.0f} GB/s", flush=True)
 
-    def materialised_triton(x, dts, A, Bs, Cs, D, bias):
-        """cross-scan copies + Triton scan + cross-merge: what the fused kernel avoids."""
-        b, d, h, w = x.shape
-        route = lambda t: torch.stack([torch_scan.cross_scan(t[:, k])[:, k] for k in range(4)], dim=1)  # noqa: E731
-        y = vmamba_kernels.selective_scan(
-            torch_scan.cross_scan(x).reshape(b, 4 * d, h * w), route(dts).reshape(b, 4 * d, h * w), A, route(Bs),
-            route(Cs), D, bias,
-        )  # fmt: skip
-        return torch_scan.cross_merge(y.view(b, 4, d, h * w), h, w).view(b, d, h, w)
-
-    def original_ss2d(x, dts_r, A, Bs_r, Cs_r, D, bias):
-        """The original's SS2D core: Triton cross-scan, CUDA selective scan (oflex), Triton cross-merge."""
-        scan_fn, cross_scan_fn, cross_merge_fn = original
-        b, d, h, w = x.shape
-        xs = cross_scan_fn(x)
-        ys = scan_fn(xs.reshape(b, 4 * d, h * w), dts_r, A, Bs_r, Cs_r, D, bias, True, oflex=True)
-        return cross_merge_fn(ys.view(b, 4, d, h, w)).view(b, d, h, w)
-
-    scan_rows, ss2d_rows, roofline_rows, sweep_text, checks = [], [], [], [], []
-    for name in args.cases:
-        for dtype_name in args.dtypes:
-            dtype = DTYPES[dtype_name]
-            if name in SCAN_CASES:
-                case = SCAN_CASES[name]
-                make = lambda grad, case=case, dtype=dtype: scan_inputs(case, dtype, device, grad)  # noqa: E731
-                if chunked is not None:
-                    err = check_against_torch(vmamba_kernels.selective_scan, chunked, make(False))
-                    checks.append(f"{name} {dtype_name}: max rel. difference Triton vs torch chunked = {err}")
-                for mode in args.modes:
-                    tri = time_impl(vmamba_kernels.selective_scan, make, mode, args.warmup, args.repeats)
-                    tor = time_impl(chunked, make, mode, args.warmup, args.repeats) if chunked else "absent"
-                    orig = (
-                        time_impl(lambda *t: original[0](*t, True, oflex=True), make, mode, args.warmup, args.repeats)
-                        if original else "-"
-                    )  # fmt: skip
-                    scan_rows.append([name, dtype_name, mode, fmt(tri), fmt(tor), ratio(tor, tri), fmt(orig), ratio(orig, tri)])
-                    print(scan_rows[-1], flush=True)
-                roof = kernel_roofline(case, dtype, device, copy_bw, args.warmup, args.repeats)
-                for kernel, (ms, gbs, pct) in roof.items():
-                    roofline_rows.append([name, dtype_name, kernel, f"{ms:.3f}", f"{gbs:.0f}", f"{pct:.0f}%"])
-                if args.sweep:
-                    best = sweep(case, dtype, device, 2, 5)
-                    sweep_text.append(
-                        f"- {name} {dtype_name}: best (BLOCK_D, CHUNK, num_warps) by fwd+bwd kernel time: "
-                        + ", ".join(f"{c} {f:.3f}+{b:.3f} ms" for c, f, b in best[:5])
-                    )
-                    print(sweep_text[-1], flush=True)
-            elif name in SS2D_CASES:
-                case = SS2D_CASES[name]
-                make = lambda grad, case=case, dtype=dtype: ss2d_inputs(case, dtype, device, grad)  # noqa: E731
-                if ss2d_torch is not None:
-                    err = check_against_torch(vmamba_kernels.ss2d_selective_scan, ss2d_torch, make(False))
-                    checks.append(f"{name} {dtype_name}: max rel. difference fused Triton vs torch = {err}")
-
-                def make_routed(grad, case=case, dtype=dtype):
-                    x, dts, A, Bs, Cs, D, bias = ss2d_inputs(case, dtype, device, False)
-                    b, d, h, w = x.shape
-                    route = lambda t: torch.stack([torch_scan.cross_scan(t[:, k])[:, k] for k in range(4)], 1)  # noqa: E731
-                    tensors = [x, route(dts).reshape(b, 4 * d, h * w).contiguous(), A, route(Bs).contiguous(),
-                               route(Cs).contiguous(), D, bias]  # fmt: skip
-                    return [t.requires_grad_(grad) for t in tensors]
-
-                for mode in args.modes:
-                    fused = time_impl(vmamba_kernels.ss2d_selective_scan, make, mode, args.warmup, args.repeats)
-                    mat = time_impl(materialised_triton, make, mode, args.warmup, args.repeats)
-                    tor = time_impl(ss2d_torch, make, mode, args.warmup, args.repeats) if ss2d_torch else "absent"
-                    orig = time_impl(original_ss2d, make_routed, mode, args.warmup, args.repeats) if original else "-"
-                    ss2d_rows.append([name, dtype_name, mode, fmt(fused), fmt(mat), fmt(tor), ratio(tor, fused), fmt(orig), ratio(orig, fused)])
-                    print(ss2d_rows[-1], flush=True)
-            else:
-                raise SystemExit(f"unknown case {name!r}; known: {', '.join(list(SCAN_CASES) + list(SS2D_CASES))}")
+    rows, roofline_rows, sweep_rows, checks = [], [], [], []
+    with pin:
+        for name in names:
+            for dtype_name in args.dtypes:
+                found = bench_case(name, cases[name], dtype_name, device, copy_bw, args)
+                for collected, new in zip((rows, roofline_rows, sweep_rows, checks), found):
+                    collected += new
 
     body = [
         "## Kernels (`benchmarks/bench_kernels.py`)",
         "",
         environment_markdown(env),
-        f"- measured device copy bandwidth (read+write): {copy_bw:.0f} GB/s",
-        f"- original implementation: {'compared' if original else 'not compared'} ({original_note})",
-        f"- method: CUDA events, median of {args.repeats} runs after {args.warmup} warm-up runs; fwd under no_grad, "
-        "fwd+bwd = forward + torch.autograd.grad of every input",
+        f"- measured device copy bandwidth (read + write): {copy_bw:.0f} GB/s",
+        f"- method: CUDA events, median of {args.repeats} runs after {args.warmup} warm-up runs (autotuning happens "
+        "in the warm-up); fwd+bwd = forward time + backward time; inputs from make_ss2d_inputs, A/D/dt_bias float32",
         "",
-        "### Selective scan (ms; speed-up = other / Triton)",
+        "### SS2D operator: Triton kernel vs the PyTorch path (ms; speed-up = torch / Triton)",
         "",
-        markdown_table(["case", "dtype", "mode", "Triton", "torch chunked", "speed-up vs torch", "original CUDA", "speed-up vs original"], scan_rows),
+        markdown_table(["case", "(batch, H, W, C, N)", "dtype", "mode", "Triton", "torch", "speed-up"], rows),
         "",
-        "### Scan kernels against the copy roofline (minimal bytes / kernel time)",
+        "### Triton kernels against the copy roofline (minimal bytes / kernel time)",
         "",
-        markdown_table(["case", "dtype", "kernel", "ms", "GB/s", "% of copy bandwidth"], roofline_rows),
-        "",
-        "### SS2D core (ms; cross-scan + scan + cross-merge)",
-        "",
-        markdown_table(
-            ["case", "dtype", "mode", "fused Triton", "copies + Triton scan", "torch", "speed-up vs torch", "original", "speed-up vs original"],
-            ss2d_rows,
-        ),
+        markdown_table(["case", "dtype", "kernel", "ms", "GB/s", "% of copy bandwidth", "autotuned config"],
+                       roofline_rows),  # fmt: skip
         "",
         "### Checks",
         "",
-        *[f"- {c}" for c in checks],
-        *([""] + ["### Launch-config sweep", ""] + sweep_text if sweep_text else []),
-    ]  # fmt: skip
+        *[f"- {check}" for check in checks],
+    ]
+    if sweep_rows:
+        body += ["", "### Every autotune configuration, pinned (ms)", "",
+                 markdown_table(["case", "dtype", "kernel", "config", "ms"], sweep_rows)]  # fmt: skip
     text = "\n".join(body)
     print(text)
     if not args.no_write:

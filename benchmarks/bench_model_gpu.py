@@ -1,19 +1,23 @@
 # Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
-"""Whole-model GPU throughput of VMamba: Triton scan backend vs the torch backend, eager and torch.compile.
+"""Whole-model GPU throughput: VMamba-T (s1l8, s2l5) and Vanilla-VMamba-T against Swin-T and ConvNeXt-T.
 
-Method: random 224x224 images, batch 128 by default; CUDA events around each step, median of ``--repeats`` timed
-steps after ``--warmup`` steps. "fwd" is inference (eval mode, ``torch.inference_mode``); "fwd+bwd" is a training
-step without the optimizer (train mode, cross-entropy loss on random labels, ``loss.backward()``). bf16 runs under
-``torch.autocast`` with float32 weights (the scan accumulates in float32 either way); TF32 matmuls are on unless
-``--no-tf32``. Throughput is images per second; peak memory is ``torch.cuda.max_memory_allocated``.
+Method: random 224x224 images, batch 128 by default, random weights; CUDA events around each step, median of
+``--repeats`` timed steps after ``--warmup`` steps. "fwd" is inference (eval mode, ``torch.inference_mode``);
+"fwd+bwd" is a training step without the optimizer (train mode, cross-entropy on random labels, ``backward``).
+"fp32" runs float32 weights and activations with TF32 matmuls/convolutions (unless ``--no-tf32``); "bf16" runs
+under ``torch.autocast`` with float32 weights (the SS2D scan computes in float32 either way). "compiled" is
+``torch.compile(model)`` (Inductor; the SS2D operator stays one node). VMamba runs with each scan backend of
+``VMAMBA_SCAN_BACKEND``: "kernel" (the Triton kernel) and "torch" (the PyTorch scan). Throughput is images per
+second, peak memory ``torch.cuda.max_memory_allocated``; "first step" includes compilation and autotuning.
 
-Every measurement is merged into ``benchmarks/results_model_gpu.json`` (keyed by variant, backend, compile, dtype,
-mode), and the "model" section of ``RESULTS_gpu.md`` is regenerated from all of them, so the full grid can be run in
-pieces that each fit a time limit:
+Every measurement is merged into ``benchmarks/results_model_gpu.json`` (keyed by model, backend, compile mode,
+dtype, mode, batch, size), and the "model" section of ``RESULTS_gpu.md`` is regenerated from all of them, so the grid
+can be run in pieces that each fit a time limit:
 
-    python benchmarks/bench_model_gpu.py --variants vmamba-tiny-s1l8
-    python benchmarks/bench_model_gpu.py --variants vanilla-vmamba-tiny
-    python benchmarks/bench_model_gpu.py --compile-modes compiled --dtypes bf16
+    python benchmarks/bench_model_gpu.py --models VMamba-T-s1l8 Swin-T ConvNeXt-T
+    python benchmarks/bench_model_gpu.py --models Vanilla-VMamba-T --compile-modes compiled --dtypes bf16
+    python benchmarks/bench_model_gpu.py --smoke          # run this script on CPU (batch 1, eager)
+    python benchmarks/bench_model_gpu.py --dry-run        # print the plan (no GPU needed)
 """
 
 from __future__ import annotations
@@ -42,15 +46,47 @@ from gpu_common import (  # noqa: E402
 
 RESULTS_JSON = Path(__file__).resolve().parent / "results_model_gpu.json"
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+VMAMBA_VARIANTS = {
+    "VMamba-T-s1l8": "vmamba-tiny-s1l8",
+    "VMamba-T-s2l5": "vmamba-tiny-s2l5",
+    "Vanilla-VMamba-T": "vanilla-vmamba-tiny",
+}
+BASELINES = ("Swin-T", "ConvNeXt-T")
+MODELS = (*VMAMBA_VARIANTS, *BASELINES)
+SCAN_BACKENDS = ("kernel", "torch")
 
 
-def load_model_api():
+def build_model(name: str, num_labels: int = 1000) -> torch.nn.Module:
+    """Random-weight ImageNet-1k classifiers: VMamba from its variant table, the baselines from Transformers'
+    default configurations (SwinConfig() is Swin-T, ConvNextConfig() ConvNeXt-T)."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification, SwinConfig, SwinForImageClassification
+
+    from transformers_vmamba import VMambaConfig, VMambaForImageClassification
+
+    if name in VMAMBA_VARIANTS:
+        return VMambaForImageClassification(VMambaConfig.from_variant(VMAMBA_VARIANTS[name], num_labels=num_labels))
+    if name == "Swin-T":
+        return SwinForImageClassification(SwinConfig(num_labels=num_labels))
+    if name == "ConvNeXt-T":
+        return ConvNextForImageClassification(ConvNextConfig(num_labels=num_labels))
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+
+
+@contextlib.contextmanager
+def scan_backend(backend: str | None):
+    """VMAMBA_SCAN_BACKEND for the block (read by the SS2D operator on every call); None leaves it alone."""
+    if backend is None:
+        yield
+        return
+    previous = os.environ.get("VMAMBA_SCAN_BACKEND")
+    os.environ["VMAMBA_SCAN_BACKEND"] = backend
     try:
-        from transformers_vmamba import VMambaConfig, VMambaForImageClassification
-    except ImportError:
-        from transformers_vmamba.configuration_vmamba import VMambaConfig
-        from transformers_vmamba.modeling_vmamba import VMambaForImageClassification
-    return VMambaConfig, VMambaForImageClassification
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("VMAMBA_SCAN_BACKEND")
+        else:
+            os.environ["VMAMBA_SCAN_BACKEND"] = previous
 
 
 def measure(model, mode, dtype_name, batch, image_size, num_labels, device, warmup, repeats):
@@ -77,9 +113,12 @@ def measure(model, mode, dtype_name, batch, image_size, num_labels, device, warm
             model.zero_grad(set_to_none=True)
 
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    step()  # the first step includes compilation when the model is compiled
+    step()  # the first step includes compilation and autotuning
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     first_step_s = time.perf_counter() - start
     stats = cuda_time_ms(step, warmup=warmup, repeats=repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
@@ -103,93 +142,112 @@ def save_results(results: dict) -> None:
     os.replace(tmp, RESULTS_JSON)
 
 
+def row_key(model, backend, compile_mode, dtype, mode, batch, image_size) -> str:
+    return "|".join([model, backend, compile_mode, dtype, mode, str(batch), str(image_size)])
+
+
 def render(results: dict) -> str:
-    rows = []
+    """The "model" section: every stored row, with its throughput relative to Swin-T in the same setting."""
     by_key = results["rows"]
+    rows = []
     for key in sorted(by_key):
         r = by_key[key]
-        base_key = "|".join([r["variant"], "torch", "eager", r["dtype"], r["mode"], str(r["batch"]), str(r["image_size"])])
-        base = by_key.get(base_key, {})
-        speedup = (
-            f"{r['images_per_s'] / base['images_per_s']:.2f}x"
-            if "images_per_s" in r and "images_per_s" in base
+        swin = by_key.get(row_key("Swin-T", "-", r["compile"], r["dtype"], r["mode"], r["batch"], r["image_size"]), {})
+        relative = (
+            f"{swin['images_per_s'] / r['images_per_s']:.2f}x"
+            if "images_per_s" in r and "images_per_s" in swin
             else "-"
         )
         if "images_per_s" in r:
-            cells = [f"{r['images_per_s']:.0f}", f"{r['median_ms']:.1f}", f"{r['peak_gib']:.1f}", f"{r['first_step_s']:.1f}"]
+            cells = [f"{r['images_per_s']:.0f}", f"{r['median_ms']:.1f}", f"{r['peak_gib']:.1f}",
+                     f"{r['first_step_s']:.1f}"]  # fmt: skip
         else:
             cells = [r.get("error", "-"), "-", "-", "-"]
-        rows.append([r["variant"], r["image_size"], r["batch"], r["dtype"], r["mode"], r["backend"], r["compile"], *cells, speedup, r["device"]])
-    env = results.get("environment", {})
+        rows.append([r["model"], r["image_size"], r["batch"], r["dtype"], r["mode"], r["backend"], r["compile"],
+                     *cells, relative, r["device"]])  # fmt: skip
     return "\n".join([
         "## Whole model (`benchmarks/bench_model_gpu.py`)",
         "",
         "Latest run's environment:",
         "",
-        environment_markdown(env),
+        environment_markdown(results.get("environment", {})),
         "",
-        "Method: random images, CUDA events, median of the timed steps after warm-up; fwd = eval + inference_mode; "
-        "fwd+bwd = train mode, cross-entropy on random labels, backward, no optimizer; bf16 = autocast with fp32 "
-        "weights. Speed-up is against the eager torch backend of the same variant, dtype and mode.",
+        "Method: random weights and images, CUDA events, median of the timed steps after warm-up; fwd = eval + "
+        "inference_mode; fwd+bwd = train mode, cross-entropy on random labels, backward, no optimizer; fp32 = TF32 "
+        "matmuls; bf16 = autocast with fp32 weights. \"time vs Swin-T\" is Swin-T's throughput over this row's in the "
+        "same dtype, mode and compile mode (below 1 = faster than Swin-T).",
         "",
         markdown_table(
-            ["variant", "size", "batch", "dtype", "mode", "scan backend", "compile", "images/s", "ms/step",
-             "peak GiB", "first step s", "speed-up vs torch eager", "device"],
+            ["model", "size", "batch", "dtype", "mode", "scan backend", "compile", "images/s", "ms/step",
+             "peak GiB", "first step s", "time vs Swin-T", "device"],
             rows,
         ),
     ])  # fmt: skip
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="*", default=["vmamba-tiny-s1l8", "vanilla-vmamba-tiny"])
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--modes", nargs="*", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     parser.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"], choices=list(DTYPES))
-    parser.add_argument("--backends", nargs="*", default=["triton", "torch"], choices=["triton", "torch"])
-    parser.add_argument("--compile-modes", nargs="*", default=["eager"], choices=["eager", "compiled"])
+    parser.add_argument("--backends", nargs="*", default=list(SCAN_BACKENDS), choices=list(SCAN_BACKENDS),
+                        help="VMAMBA_SCAN_BACKEND values to run VMamba with")  # fmt: skip
+    parser.add_argument("--compile-modes", nargs="*", default=["eager", "compiled"], choices=["eager", "compiled"])
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-tf32", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update the results files")
-    parser.add_argument("--smoke", action="store_true", help="check this script on a tiny model (CPU: TRITON_INTERPRET=1)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke", action="store_true", help="run this script: batch 1, one step, eager (CPU: torch scan only)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the planned measurements and exit")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        for name in args.models:
+            for backend in args.backends if name in VMAMBA_VARIANTS else ["-"]:
+                print(f"{name} backend={backend} compile={args.compile_modes} dtypes={args.dtypes} "
+                      f"modes={args.modes} batch={args.batch_size} size={args.image_size}")  # fmt: skip
+        return
 
     device = require_cuda("bench_model_gpu.py", smoke=args.smoke)
     if args.smoke:
-        args.image_size, args.batch_size, args.warmup, args.repeats, args.no_write = 32, 2, 0, 1, True
+        # 224 px still: Transformers' Swin breaks below its window size x 32 (it shrinks its windows in place).
+        args.batch_size, args.warmup, args.repeats, args.no_write = 1, 0, 1, True
+        args.compile_modes = ["eager"]
+        if device.type != "cuda":
+            args.backends = ["torch"]  # the Triton kernel needs CUDA tensors
     torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
     torch.backends.cudnn.allow_tf32 = not args.no_tf32
-    if "triton" in args.backends:
+    if "kernel" in args.backends and any(m in VMAMBA_VARIANTS for m in args.models):
         import vmamba_kernels
 
-        if not vmamba_kernels.is_available():
-            raise SystemExit(f"bench_model_gpu.py: the Triton backend cannot run: {vmamba_kernels.unavailable_reason()}")
-    VMambaConfig, VMambaForImageClassification = load_model_api()
+        kernel, reason = vmamba_kernels.ss2d_kernel(device.type)
+        if kernel is None:
+            raise SystemExit(f"bench_model_gpu.py: the kernel backend cannot run: {reason}")
 
     env = environment()
     results = load_results()
     results["environment"] = env
-    for variant in args.variants:
-        for backend in args.backends:
+    for name in args.models:
+        backends = args.backends if name in VMAMBA_VARIANTS else [None]
+        for backend in backends:
             for compile_mode in args.compile_modes:
-                overrides = dict(scan_backend=backend)
-                if args.smoke:
-                    overrides.update(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1])
-                config = VMambaConfig.from_variant(variant, **overrides)
-                model = VMambaForImageClassification(config).to(device)
+                model = build_model(name).to(device)
                 runner = torch.compile(model) if compile_mode == "compiled" else model
                 for dtype_name in args.dtypes:
                     for mode in args.modes:
-                        key = "|".join([variant, backend, compile_mode, dtype_name, mode, str(args.batch_size), str(args.image_size)])
-                        row = dict(variant=variant, backend=backend, compile=compile_mode, dtype=dtype_name, mode=mode,
-                                   batch=args.batch_size, image_size=args.image_size, device=env["device"])  # fmt: skip
+                        key = row_key(name, backend or "-", compile_mode, dtype_name, mode, args.batch_size,
+                                      args.image_size)  # fmt: skip
+                        row = dict(model=name, backend=backend or "-", compile=compile_mode, dtype=dtype_name,
+                                   mode=mode, batch=args.batch_size, image_size=args.image_size,
+                                   device=env["device"])  # fmt: skip
                         try:
-                            row.update(
-                                measure(runner, mode, dtype_name, args.batch_size, args.image_size, config.num_labels,
-                                        device, args.warmup, args.repeats)
-                            )  # fmt: skip
+                            with scan_backend(backend):
+                                row.update(measure(runner, mode, dtype_name, args.batch_size, args.image_size,
+                                                   model.config.num_labels, device, args.warmup,
+                                                   args.repeats))  # fmt: skip
                         except torch.cuda.OutOfMemoryError:
                             row["error"] = "OOM"
                         except Exception as err:  # recorded, so one failing configuration does not lose the rest

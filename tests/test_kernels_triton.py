@@ -1,15 +1,18 @@
 # Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
-"""Triton selective-scan and fused SS2D kernels against a float64 evaluation of the torch reference.
+"""The Triton SS2D kernels (``vmamba_kernels.triton_ss2d``) against the float64 reference ``ss2d_reference``.
 
-Values and every gradient are compared. Without a GPU the kernels run in Triton's interpreter: Triton decides
-interpretation when a kernel is defined, so the interpreter cases run in one child process started with
-``TRITON_INTERPRET=1`` (this file's ``__main__``), and each test here checks that child's result for its case.
-With a GPU the same cases also run in-process on CUDA; without one those cases skip visibly.
+The output and all seven gradients are compared, the gradients against autograd through the reference. Without a
+GPU the kernels run in Triton's interpreter, which Triton decides when a kernel is defined: the interpreter cases run
+in one child process started with ``TRITON_INTERPRET=1`` (this file's ``__main__``), and a second child compiles
+every autotune configuration for sm_90 with the ptxas bundled in Triton (no GPU needed: this catches compile errors
+and register spills the interpreter cannot). Both children start together, so they overlap on a multi-core machine.
+With a GPU the same cases also run on CUDA, with autotuning where no configuration is pinned, plus long sequences,
+every autotune configuration and Inductor; without one those tests skip visibly.
 
-Errors are relative to the largest reference magnitude of each tensor. Tolerances per input dtype:
-float64 1e-10 (algorithm check), float32 2e-5, and for float16/bfloat16 inputs 2e-5 on the float32 output
-(inputs are rounded identically for kernel and reference; accumulation is float32) and 1e-2 (bf16) / 2e-3 (fp16)
-on gradients, which are returned in the input dtype.
+Errors are relative to the largest reference magnitude of each tensor. Tolerances per input dtype: float64 1e-10
+(algorithm check), float32 2e-5; for bfloat16/float16 inputs 2e-5 on the float32 output (kernel and reference see
+the same rounded inputs; the kernel accumulates in float32) and 1e-2 (bf16) / 2e-3 (fp16) on the gradients, which
+are returned in the inputs' dtypes.
 """
 
 from __future__ import annotations
@@ -26,292 +29,407 @@ import torch
 
 pytest.importorskip("triton")
 
-REPO = Path(__file__).resolve().parents[1]
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OUTPUT_TOL = {"float64": 1e-10, "float32": 2e-5, "bfloat16": 2e-5, "float16": 2e-5}
 GRAD_TOL = {"float64": 1e-10, "float32": 2e-5, "bfloat16": 1e-2, "float16": 2e-3}
+GRAD_NAMES = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias")
 
-# config = (BLOCK_D, CHUNK, num_warps) forcing several chunks / channel blocks, or None for the default heuristic.
-SCAN_CASES = {
-    "scan-f64-N1-multichunk": dict(batch=2, groups=2, group_channels=3, d_state=1, length=35, dtype="float64", config=(2, 16, 1)),
-    "scan-f64-N16-multichunk": dict(batch=1, groups=4, group_channels=2, d_state=16, length=35, dtype="float64", config=(2, 16, 1)),
-    "scan-f32-N5-default": dict(batch=2, groups=4, group_channels=3, d_state=5, length=29, dtype="float32", config=None),
-    "scan-f32-N1-long": dict(batch=1, groups=1, group_channels=2, d_state=1, length=601, dtype="float32", config=None),
-    "scan-f32-noD-nobias-nosoftplus": dict(batch=1, groups=1, group_channels=4, d_state=2, length=19, dtype="float32", config=(4, 8, 1), plain=True),
-    "scan-bf16-N1": dict(batch=2, groups=2, group_channels=4, d_state=1, length=37, dtype="bfloat16", config=(4, 16, 1)),
-    "scan-f16-N16": dict(batch=1, groups=2, group_channels=3, d_state=16, length=21, dtype="float16", config=(2, 8, 1)),
+# config = (BLOCK_D, CHUNK, num_warps), pinned; None: autotuning on CUDA, ``default_config`` in the interpreter.
+# Interpreter cost grows with programs (4 routes x channel blocks x batch) times chunks, so the shapes are tiny.
+# params="float32": A, D, dt_bias in float32 next to half-precision activations, as the model calls the operator.
+CASES = {
+    "f64-N1-2x7-two-channel-blocks": dict(batch=2, height=2, width=7, channels=5, state=1, dtype="float64",
+                                          config=(4, 8, 1)),
+    "f64-N16-4x3-three-chunks": dict(batch=1, height=4, width=3, channels=3, state=16, dtype="float64",
+                                     config=(2, 4, 1)),
+    "f64-N3-padded-1x6": dict(batch=1, height=1, width=6, channels=2, state=3, dtype="float64", config=(2, 4, 1)),
+    "f64-N2-5x1": dict(batch=1, height=5, width=1, channels=3, state=2, dtype="float64", config=(4, 2, 1)),
+    "f64-N1-extreme-decay-3x3": dict(batch=1, height=3, width=3, channels=4, state=1, dtype="float64",
+                                     config=(4, 4, 1), decay="extreme"),
+    "f64-N1-noncontiguous-3x3": dict(batch=2, height=3, width=3, channels=3, state=1, dtype="float64",
+                                     config=(4, 8, 1), noncontiguous=True),
+    "f64-batch0": dict(batch=0, height=3, width=2, channels=2, state=1, dtype="float64", config=None),
+    "f32-N1-3x5-default-config": dict(batch=1, height=3, width=5, channels=6, state=1, dtype="float32",
+                                      config=None),
+    "f32-N16-3x2": dict(batch=1, height=3, width=2, channels=3, state=16, dtype="float32", config=(4, 4, 1)),
+    "bf16-N1-3x4": dict(batch=1, height=3, width=4, channels=5, state=1, dtype="bfloat16", config=(4, 8, 1),
+                        params="float32"),
+    "bf16-N16-2x2": dict(batch=1, height=2, width=2, channels=2, state=16, dtype="bfloat16", config=(2, 4, 1),
+                         params="float32"),
+    "f16-N4-2x3": dict(batch=1, height=2, width=3, channels=3, state=4, dtype="float16", config=(4, 4, 1)),
 }  # fmt: skip
-SS2D_CASES = {
-    "ss2d-f64-N1-5x7": dict(batch=2, channels=3, d_state=1, height=5, width=7, dtype="float64", config=(2, 16, 1)),
-    "ss2d-f64-N16-7x3": dict(batch=1, channels=2, d_state=16, height=7, width=3, dtype="float64", config=(2, 16, 1)),
-    "ss2d-f32-N1-6x9-default": dict(batch=2, channels=4, d_state=1, height=6, width=9, dtype="float32", config=None),
-    "ss2d-bf16-N16-4x5": dict(batch=1, channels=3, d_state=16, height=4, width=5, dtype="bfloat16", config=(4, 8, 1)),
-    "ss2d-f16-N1-3x8": dict(batch=1, channels=3, d_state=1, height=3, width=8, dtype="float16", config=(2, 8, 1)),
-    # One-row image, d_state padded 3 -> 4, batch 3, inputs given as non-contiguous views.
-    "ss2d-f64-N3-1x5-strided": dict(batch=3, channels=2, d_state=3, height=1, width=5, dtype="float64", config=None,
-                                    noncontiguous=True),
-}  # fmt: skip
-# Long sequences (L = 128 * 128) only on a GPU: the interpreter would take minutes.
+# Long routes and realistic channel counts: minutes in the interpreter, milliseconds on a GPU.
 CUDA_ONLY_CASES = {
-    "scan-f32-N1-L16384": dict(batch=1, groups=2, group_channels=8, d_state=1, length=16384, dtype="float32", config=None),
-    "ss2d-bf16-N1-128x128": dict(batch=1, channels=8, d_state=1, height=128, width=128, dtype="bfloat16", config=None),
+    "bf16-N1-128x128": dict(batch=1, height=128, width=128, channels=8, state=1, dtype="bfloat16", config=None,
+                            params="float32"),
+    "f32-N16-64x48": dict(batch=2, height=64, width=48, channels=24, state=16, dtype="float32", config=None),
+    "f32-N1-56x56-C96": dict(batch=2, height=56, width=56, channels=96, state=1, dtype="float32", config=None),
+    "f64-N1-40x40-pinned": dict(batch=1, height=40, width=40, channels=40, state=1, dtype="float64",
+                                config=(32, 8, 1)),
 }  # fmt: skip
+ALL_CASES = {**CASES, **CUDA_ONLY_CASES}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Case construction and comparison (used in-process on CUDA and in the interpreter child).
+# Cases (run in the interpreter child, and in-process on CUDA).
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _scan_inputs(case, device):
-    gen = torch.Generator().manual_seed(0)
+def case_inputs(case: dict, device) -> dict[str, torch.Tensor]:
+    from transformers_vmamba.testing_utils import make_ss2d_inputs
+
     dtype = DTYPES[case["dtype"]]
-    b, k, dg, n, length = case["batch"], case["groups"], case["group_channels"], case["d_state"], case["length"]
-    ch = k * dg
-
-    def rand(*shape, scale=1.0, shift=0.0):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + shift).to(device=device, dtype=dtype)
-
-    inputs = {
-        "u": rand(b, ch, length),
-        "delta": rand(b, ch, length, scale=0.5, shift=-0.5),
-        "A": (-torch.rand(ch, n, generator=gen, dtype=torch.float64) * 2 - 0.05).to(device, torch.float32),
-        "B": rand(b, k, n, length),
-        "C": rand(b, k, n, length),
-        "D": rand(ch).float(),
-        "delta_bias": rand(ch, scale=0.3).float(),
-    }
-    if case["dtype"] == "float64":
-        inputs["A"], inputs["D"], inputs["delta_bias"] = (inputs[key].double() for key in ("A", "D", "delta_bias"))
-    if case.get("plain"):
-        inputs["D"] = inputs["delta_bias"] = None
+    inputs = make_ss2d_inputs(
+        case["batch"], case["height"], case["width"], case["channels"], case["state"],
+        decay=case.get("decay", "realistic"), dtype=dtype, device=device,
+    )  # fmt: skip
+    if case.get("params") == "float32":
+        inputs.update({key: inputs[key].float() for key in ("A", "D", "dt_bias")})
+    if case.get("noncontiguous"):
+        inputs = _noncontiguous(inputs)
     return inputs
 
 
-def _ss2d_inputs(case, device):
-    gen = torch.Generator().manual_seed(0)
-    dtype = DTYPES[case["dtype"]]
-    b, d, n, h, w = case["batch"], case["channels"], case["d_state"], case["height"], case["width"]
-
-    def rand(*shape, scale=1.0, shift=0.0):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale + shift).to(device=device, dtype=dtype)
-
-    param_dtype = torch.float64 if case["dtype"] == "float64" else torch.float32
-    return {
-        "x": rand(b, d, h, w),
-        "dts": rand(b, 4, d, h, w, scale=0.5, shift=-0.5),
-        "A": (-torch.rand(4 * d, n, generator=gen, dtype=torch.float64) * 2 - 0.05).to(device, param_dtype),
-        "Bs": rand(b, 4, n, h, w),
-        "Cs": rand(b, 4, n, h, w),
-        "D": rand(4 * d).to(param_dtype),
-        "delta_bias": rand(4 * d, scale=0.3).to(param_dtype),
-    }
-
-
-def _ss2d_reference(x, dts, A, Bs, Cs, D, delta_bias):
-    """The SS2D contract spelled out: cross-scan, reference scan on the route copies, cross-merge."""
-    from transformers_vmamba.selective_scan import cross_merge, cross_scan, selective_scan_reference
-
-    b, d, h, w = x.shape
-
-    def in_route_order(t):  # direction k's tensor read in route k's order, (B, 4, C, L)
-        return torch.stack([cross_scan(t[:, k])[:, k] for k in range(4)], dim=1)
-
-    u = cross_scan(x).reshape(b, 4 * d, h * w)
-    y = selective_scan_reference(
-        u, in_route_order(dts).reshape(b, 4 * d, h * w), A, in_route_order(Bs), in_route_order(Cs), D, delta_bias
+def _noncontiguous(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same values behind other strides: a channel slice, channels-first storage, a spatial crop (whose
+    positions cannot be flattened into one stride), a zero batch stride, transposed parameters."""
+    x, dt, A, B, C, D, dt_bias = inputs.values()
+    batch, height, width, channels = x.shape
+    wide = x.new_zeros(batch, height, width, channels + 3)
+    wide[..., 1 : channels + 1] = x
+    dt_storage = dt.permute(0, 3, 4, 1, 2).contiguous()  # (batch, 4, C, H, W)
+    crop = B.new_zeros(batch, height + 1, width + 2, *B.shape[3:])
+    crop[:, 1:, 1 : width + 1] = B
+    out = dict(
+        x=wide[..., 1 : channels + 1],
+        dt=dt_storage.permute(0, 3, 4, 1, 2),
+        A=A.transpose(1, 2).contiguous().transpose(1, 2),
+        B=crop[:, 1:, 1 : width + 1],
+        C=C[:1].expand(batch, *C.shape[1:]),
+        D=D.t().contiguous().t(),
+        dt_bias=dt_bias.t().contiguous().t(),
     )
-    return cross_merge(y.view(b, 4, d, h * w), h, w).view(b, d, h, w)
+    assert not any(t.is_contiguous() for key, t in out.items() if key != "A")  # A is contiguous again when N = 1
+    return out
 
 
-def _relative_error(got, want):
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    if want.numel() == 0:
+        return 0.0 if got.shape == want.shape else float("inf")
     scale = want.abs().max().item()
     return (got.double() - want).abs().max().item() / max(scale, 1e-12)
 
 
-def run_case(name: str, device: str) -> dict:
-    """Run one case; returns {tensor name: relative error} for the output and every gradient."""
-    import vmamba_kernels
-    from vmamba_kernels import ops
-    from transformers_vmamba.selective_scan import selective_scan_reference
+def run_case(case: dict, device: str, config=None) -> dict:
+    """Kernel forward and backward on one case; {"out" or gradient name: relative error vs the reference}.
 
-    all_cases = {**SCAN_CASES, **SS2D_CASES, **CUDA_ONLY_CASES}
-    case = all_cases[name]
-    is_ss2d = name.startswith("ss2d")
-    inputs = (_ss2d_inputs if is_ss2d else _scan_inputs)(case, device)
-    if case.get("noncontiguous"):  # same values, batch-last memory layout
-        inputs = {
-            key: (t.transpose(0, -1).contiguous().transpose(0, -1) if t is not None and t.dim() >= 3 else t)
-            for key, t in inputs.items()
-        }
-        assert not inputs["dts"].is_contiguous()
-    names = [key for key, t in inputs.items() if t is not None]
-    tensors = {key: (t.detach().requires_grad_() if t is not None else None) for key, t in inputs.items()}
-    reference_inputs = {
-        key: (t.detach().double().requires_grad_() if t is not None else None) for key, t in inputs.items()
-    }
-    softplus = not case.get("plain", False)
+    ``config`` (a triton.Config) overrides the case's own.
+    """
+    import triton
 
-    ops.CONFIG_OVERRIDE = case["config"]
-    try:
-        if is_ss2d:
-            out = vmamba_kernels.ss2d_selective_scan(*tensors.values(), delta_softplus=softplus)
-            ref = _ss2d_reference(*reference_inputs.values())
-        else:
-            out = vmamba_kernels.selective_scan(*tensors.values(), delta_softplus=softplus)
-            ref = selective_scan_reference(*reference_inputs.values(), delta_softplus=softplus)
-        expected_dtype = torch.float64 if case["dtype"] == "float64" else torch.float32
-        assert out.dtype == expected_dtype, f"output dtype {out.dtype}, expected {expected_dtype}"
-        assert out.shape == ref.shape, f"output shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
-        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        grads = torch.autograd.grad(out, [tensors[k] for k in names], grad_out.to(device, out.dtype))
-        ref_grads = torch.autograd.grad(ref, [reference_inputs[k] for k in names], grad_out.to(device))
-    finally:
-        ops.CONFIG_OVERRIDE = None
-    errors = {"out": _relative_error(out, ref)}
-    for key, grad, ref_grad in zip(names, grads, ref_grads):
-        assert grad.dtype == tensors[key].dtype, f"d{key} has dtype {grad.dtype}, input has {tensors[key].dtype}"
-        errors[f"d{key}"] = _relative_error(grad, ref_grad)
+    from transformers_vmamba.selective_scan import ss2d_reference
+    from vmamba_kernels import triton_ss2d
+
+    inputs = case_inputs(case, device)
+    if config is None and case["config"] is not None:
+        block_d, chunk, num_warps = case["config"]
+        config = triton.Config({"BLOCK_D": block_d, "CHUNK": chunk}, num_warps=num_warps, num_stages=1)
+    y = triton_ss2d.forward(*inputs.values(), config=config)
+    leaves = [t.detach().double().requires_grad_() for t in inputs.values()]
+    ref = ss2d_reference(*leaves)
+    expected_dtype = torch.float64 if case["dtype"] == "float64" else torch.float32
+    assert y.dtype == expected_dtype and y.shape == ref.shape, (y.dtype, tuple(y.shape), tuple(ref.shape))
+    grad_y = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
+    if case.get("noncontiguous"):
+        grad_y = grad_y.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    grads = triton_ss2d.backward(grad_y.to(y.dtype), *inputs.values(), config=config)
+    ref_grads = torch.autograd.grad(ref, leaves, grad_y) if ref.numel() else [torch.zeros_like(t) for t in leaves]
+    errors = {"out": _relative_error(y, ref.detach())}
+    for key, grad, ref_grad, t in zip(GRAD_NAMES, grads, ref_grads, inputs.values()):
+        assert grad.dtype == t.dtype and grad.shape == t.shape, f"{key}: {grad.dtype} {tuple(grad.shape)}"
+        errors[key] = _relative_error(grad, ref_grad)
     return errors
 
 
-def run_compile_checks() -> dict:
-    """opcheck on the registered ops and torch.compile(fullgraph=True) through them (CPU, aot_eager backend)."""
+def run_operator_checks() -> dict:
+    """The Triton kernel behind ``torch.ops.vmamba.ss2d_scan`` (as ``ss2d_kernel`` would return it on CUDA), tiny
+    shapes: values and gradients through autograd, ``opcheck``, and ``torch.compile(fullgraph=True)``."""
+    import triton
+
     import vmamba_kernels
-    from vmamba_kernels import ops
+    from transformers_vmamba import ss2d
+    from transformers_vmamba.selective_scan import ss2d_reference
+    from vmamba_kernels import triton_ss2d
 
+    vmamba_kernels.ss2d_kernel = lambda device_type: (triton_ss2d, None)
+    os.environ["VMAMBA_SCAN_BACKEND"] = "kernel"  # an error, not a silent fallback, if the kernel is not used
+    case = dict(batch=1, height=2, width=3, channels=2, state=2, dtype="float64")
+    inputs = list(case_inputs(case, "cpu").values())
     results = {}
-    case = dict(batch=1, groups=2, group_channels=2, d_state=2, length=9, dtype="float64", config=None)
-    scan = _scan_inputs(case, "cpu")
-    ss2d = _ss2d_inputs(dict(batch=1, channels=2, d_state=1, height=3, width=2, dtype="float64", config=None), "cpu")
-    for op_name, op, args in [
-        ("selective_scan_fwd", torch.ops.vmamba.selective_scan_fwd.default, scan),
-        ("ss2d_scan_fwd", torch.ops.vmamba.ss2d_scan_fwd.default, ss2d),
-    ]:
-        values = [t.detach().requires_grad_() for t in args.values()] + [True, True]
+    with triton_ss2d.pinned_config(triton.Config({"BLOCK_D": 2, "CHUNK": 4}, num_warps=1, num_stages=1)):
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        ref_leaves = [t.detach().requires_grad_() for t in inputs]
+        out, ref = ss2d.ss2d_scan(*leaves), ss2d_reference(*ref_leaves)
+        grads = torch.autograd.grad(out.square().sum(), leaves)
+        ref_grads = torch.autograd.grad(ref.square().sum(), ref_leaves)
+        error = max(_relative_error(a, b) for a, b in zip((out, *grads), (ref, *ref_grads)))
+        results["autograd"] = "ok" if error < 1e-10 else f"relative error {error:.2e} against the reference"
         try:
-            torch.library.opcheck(op, values)
-            results[f"opcheck:{op_name}"] = "ok"
-        except Exception as err:  # reported back to the parent test
-            results[f"opcheck:{op_name}"] = f"{type(err).__name__}: {err}"
-        # The backward op on its own (its autograd is not registered: no double backward).
-        bwd_name = op_name.replace("_fwd", "_bwd")
-        plain = [t.detach() for t in args.values()]
-        out, states = op(*plain, True, True)
+            torch.library.opcheck(torch.ops.vmamba.ss2d_scan.default, [t.detach().requires_grad_() for t in inputs])
+            results["opcheck"] = "ok"
+        except Exception as err:  # reported to the parent test
+            results["opcheck"] = f"{type(err).__name__}: {err}"
         try:
-            bwd = getattr(torch.ops.vmamba, bwd_name).default
-            torch.library.opcheck(bwd, [torch.randn_like(out), *plain, states, True], test_utils=("test_schema", "test_faketensor"))
-            results[f"opcheck:{bwd_name}"] = "ok"
+            torch._dynamo.reset()
+            compiled = torch.compile(lambda *t: ss2d.ss2d_scan(*t).square().sum(), backend="aot_eager", fullgraph=True)
+            c_leaves = [t.detach().requires_grad_() for t in inputs]
+            c_grads = torch.autograd.grad(compiled(*c_leaves), c_leaves)
+            diff = max((a - b).abs().max().item() for a, b in zip(c_grads, grads))
+            results["compile"] = "ok" if diff < 1e-12 else f"compiled gradients differ from eager by {diff}"
         except Exception as err:
-            results[f"opcheck:{bwd_name}"] = f"{type(err).__name__}: {err}"
-        # Without autograd the chunk states are not stored, and the output is the same.
-        with torch.no_grad():
-            out_nograd, states_nograd = op(*plain, True, False)
-        same = torch.equal(out, out_nograd) and states_nograd.numel() == 0
-        results[f"nograd:{op_name}"] = "ok" if same else "no-grad forward differs or stored states"
-
-    def model(u, delta, A, B, C, D, delta_bias):
-        return (vmamba_kernels.selective_scan(u, delta, A, B, C, D, delta_bias) * 2).sum()
-
-    try:
-        torch._dynamo.reset()
-        leaves = [t.detach().requires_grad_() for t in scan.values()]
-        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-        loss = compiled(*leaves)
-        loss.backward()
-        eager_leaves = [t.detach().requires_grad_() for t in scan.values()]
-        eager_loss = model(*eager_leaves)
-        eager_loss.backward()
-        diff = max((a.grad - b.grad).abs().max().item() for a, b in zip(leaves, eager_leaves))
-        diff = max(diff, (loss - eager_loss).abs().item())
-        results["compile:aot_eager"] = "ok" if diff < 1e-12 else f"compiled differs from eager by {diff}"
-    except Exception as err:
-        results["compile:aot_eager"] = f"{type(err).__name__}: {err}"
-    del ops
+            results["compile"] = f"{type(err).__name__}: {err}"
     return results
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Interpreter child process.
+# Child processes: the interpreter cases and the offline sm_90 compilation.
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _child_env() -> dict:
+def _child_env(interpret: bool) -> dict:
+    """This process's environment with the imported packages' source folders first on PYTHONPATH (so a child sees
+    the same checkout as the parent, e.g. a worktree shadowing an editable install)."""
     import transformers_vmamba
     import vmamba_kernels
 
     paths = [str(Path(m.__file__).resolve().parents[1]) for m in (transformers_vmamba, vmamba_kernels)]
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    env = dict(os.environ, TRITON_DEFAULT_FP_FUSION="1")
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    else:
+        env.pop("TRITON_INTERPRET", None)
     return env
 
 
+_CHILDREN = {"interpreter": ("--interpreter-worker", True), "sm90": ("--sm90-compile-worker", False)}
+
+
 @pytest.fixture(scope="module")
-def interpreter_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("triton_interpret") / "results.json"
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--interpreter-worker", str(out)],
-        env=_child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0 or not out.exists():
-        pytest.fail(f"interpreter worker failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+def children(request, tmp_path_factory):
+    """Start, at once, each child that a selected test of this module needs; {kind: (process, output path)}."""
+    wanted = {
+        kind
+        for item in request.session.items
+        if item.module is request.module
+        for kind in _CHILDREN
+        if f"{kind}_results" in getattr(item, "fixturenames", ())
+    }
+    started = {}
+    folder = tmp_path_factory.mktemp("triton_children")
+    for kind in sorted(wanted):
+        flag, interpret = _CHILDREN[kind]
+        out = folder / f"{kind}.json"
+        log = open(folder / f"{kind}.log", "w")
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), flag, str(out)],
+            env=_child_env(interpret), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        started[kind] = (process, out, log)
+    yield started
+    for process, _, log in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _child_results(children, kind: str) -> dict:
+    process, out, log = children[kind]
+    try:
+        process.wait(timeout=1200)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"{kind} worker timed out")
+    text = Path(log.name).read_text()
+    if process.returncode != 0 or not out.exists():
+        pytest.fail(f"{kind} worker failed (rc={process.returncode}):\n{text[-6000:]}")
     return json.loads(out.read_text())
 
 
-def _assert_case(name: str, errors: dict) -> None:
+@pytest.fixture(scope="module")
+def interpreter_results(children):
+    return _child_results(children, "interpreter")
+
+
+@pytest.fixture(scope="module")
+def sm90_results(children):
+    return _child_results(children, "sm90")
+
+
+def _interpreter_worker(out_path: str) -> None:
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    torch.set_num_threads(1)
+    results = {"cases": {}, "operator": {}}
+    for name in CASES:
+        try:
+            results["cases"][name] = run_case(CASES[name], "cpu")
+        except Exception as err:  # reported per case by the parent
+            results["cases"][name] = {"error": f"{type(err).__name__}: {err}"}
+    results["operator"] = run_operator_checks()
+    tmp = Path(out_path + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Offline compilation for sm_90 of every autotune configuration.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _sm90_launch_args(backward: bool, state: int):
+    """Arguments of a VMamba-T stage-1 launch (56x56, 96 channels, bf16 activations, float32 parameters), on CPU:
+    only their dtypes, and the values Triton specialises on (1, multiples of 16), matter here."""
+    batch, height, width, channels = 2, 56, 56, 96
+    x = torch.empty(batch, height * width, channels, dtype=torch.bfloat16)
+    dt = torch.empty(batch, height * width, 4, channels, dtype=torch.bfloat16)
+    B = torch.empty(batch, height * width, 4, state, dtype=torch.bfloat16)
+    A, D = torch.empty(4, channels, state), torch.empty(4, channels)
+    y = torch.empty(batch, height * width, channels)
+    strides = (*x.stride(), *dt.stride(), *B.stride(), *B.stride())
+    if not backward:
+        return (x, dt, A, B, B, D, D, y, height, width, channels, state, *strides)
+    states = torch.empty(8)
+    return (x, dt, A, B, B, D, D, y, y, dt, A, B, B, D, D, states, height, width, channels, state, 195,
+            *strides, *y.stride())  # fmt: skip
+
+
+def _compile_sm90(kernel, args, meta: dict, config):
+    """``triton.compile`` for sm_90 with the signature and specialisations a real launch with ``args`` would get."""
+    import triton
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.compiler import ASTSource, make_backend
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    fn = kernel.fn
+    values = dict(zip(fn.arg_names, args), **meta, **config.kwargs)
+    signature, constexprs, attrs = {}, {}, {}
+    for index, param in enumerate(fn.params):
+        value = values[param.name]
+        if param.is_constexpr:
+            kind, attr = "constexpr", None
+        else:
+            kind, attr = native_specialize_impl(BaseBackend, value, False, True, True)
+        signature[param.name] = kind
+        if kind == "constexpr":
+            constexprs[(index,)] = value
+        elif attr:
+            attrs[(index,)] = backend.parse_attr(attr)
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=True)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options)
+
+
+def _resource_usage(cubin: bytes, tool: Path) -> dict:
+    """Registers, stack and local memory per thread from ``cuobjdump --dump-resource-usage``."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kernel.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run([str(tool), "--dump-resource-usage", str(path)], capture_output=True, text=True).stdout
+    match = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
+    if not match:
+        raise RuntimeError(f"unexpected cuobjdump output: {text[-500:]}")
+    return dict(zip(("registers", "stack", "shared", "local"), map(int, match.groups())))
+
+
+def _sm90_compile_worker(out_path: str) -> None:
+    import triton
+    import triton.language as tl
+
+    from vmamba_kernels import triton_ss2d
+
+    assert os.environ.get("TRITON_INTERPRET", "0") != "1"
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    results = {}
+    for backward, table in ((False, triton_ss2d.FORWARD_CONFIGS), (True, triton_ss2d.BACKWARD_CONFIGS)):
+        kernel = triton_ss2d.ss2d_backward_kernel if backward else triton_ss2d.ss2d_forward_kernel
+        for state, configs in table.items():
+            for config in configs:
+                key = f"{'backward' if backward else 'forward'} N={state} {config.kwargs} num_warps={config.num_warps}"
+                try:
+                    meta = dict(N_PAD=triton.next_power_of_2(state), ACC=tl.float32)
+                    compiled = _compile_sm90(kernel, _sm90_launch_args(backward, state), meta, config)
+                    results[key] = _resource_usage(compiled.asm["cubin"], tools / "cuobjdump")
+                except Exception as err:  # reported per configuration by the parent
+                    results[key] = {"error": f"{type(err).__name__}: {str(err)[-3000:]}"}
+    Path(out_path).write_text(json.dumps(results, indent=1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tests.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _assert_case(name: str, case: dict, errors: dict) -> None:
     if "error" in errors:
         pytest.fail(f"{name} raised: {errors['error']}")
-    dtype = ({**SCAN_CASES, **SS2D_CASES, **CUDA_ONLY_CASES})[name]["dtype"]
+    dtype = case["dtype"]
     bad = {}
-    for key, err in errors.items():
+    for key, error in errors.items():
         tol = OUTPUT_TOL[dtype] if key == "out" else GRAD_TOL[dtype]
-        if not err <= tol:
-            bad[key] = (err, tol)
+        if not error <= tol:
+            bad[key] = (error, tol)
     assert not bad, f"{name}: relative errors above tolerance (error, tolerance): {bad}"
 
 
-DEVICES = ["interpreter", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", list(SCAN_CASES) + list(SS2D_CASES))
-def test_kernel_matches_float64_reference(name, device, request):
-    if device == "interpreter":
-        errors = request.getfixturevalue("interpreter_results")["cases"][name]
-    else:
-        errors = run_case(name, "cuda")
-    _assert_case(name, errors)
+@pytest.mark.parametrize("name", list(CASES))
+def test_interpreted_kernels_match_the_float64_reference(name, interpreter_results):
+    _assert_case(name, CASES[name], interpreter_results["cases"][name])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (too slow for the interpreter)")
-@pytest.mark.parametrize("name", list(CUDA_ONLY_CASES))
-def test_long_sequences_on_cuda(name):
-    _assert_case(name, run_case(name, "cuda"))
+@pytest.mark.parametrize("check", ["autograd", "opcheck", "compile"])
+def test_interpreted_kernels_behind_the_operator(check, interpreter_results):
+    assert interpreter_results["operator"][check] == "ok", interpreter_results["operator"][check]
 
 
-COMPILE_CHECKS = [
-    "opcheck:selective_scan_fwd", "opcheck:selective_scan_bwd", "nograd:selective_scan_fwd",
-    "opcheck:ss2d_scan_fwd", "opcheck:ss2d_scan_bwd", "nograd:ss2d_scan_fwd", "compile:aot_eager",
-]  # fmt: skip
+@needs_cuda
+@pytest.mark.parametrize("name", list(ALL_CASES))
+def test_cuda_kernels_match_the_float64_reference(name):
+    _assert_case(name, ALL_CASES[name], run_case(ALL_CASES[name], "cuda"))
 
 
-@pytest.mark.parametrize("check", COMPILE_CHECKS)
-def test_ops_are_compile_friendly(check, interpreter_results):
-    assert interpreter_results["compile"][check] == "ok", interpreter_results["compile"][check]
+@needs_cuda
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_every_autotune_config_on_cuda(backward):
+    """Each configuration autotune may pick, pinned, on a shape with several chunks and channel blocks."""
+    from vmamba_kernels import triton_ss2d
+
+    table = triton_ss2d.BACKWARD_CONFIGS if backward else triton_ss2d.FORWARD_CONFIGS
+    for state, configs in table.items():
+        case = dict(batch=2, height=9, width=13, channels=40, state=state, dtype="float32", config=None)
+        for config in configs:
+            errors = run_case(case, "cuda", config=config)
+            _assert_case(f"N={state} {config}", case, errors if backward else {"out": errors["out"]})
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_torch_compile_inductor_on_cuda():
-    import vmamba_kernels
+@needs_cuda
+def test_inductor_compiles_the_operator_with_the_triton_kernel(monkeypatch):
+    """torch.compile (Inductor, fullgraph) of the whole operator, forward and backward, against eager."""
+    from transformers_vmamba.ss2d import ss2d_scan
 
-    case = dict(batch=2, channels=8, d_state=1, height=9, width=13, dtype="bfloat16")
-    inputs = list(_ss2d_inputs(case, "cuda").values())
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "kernel")
+    case = dict(batch=2, height=9, width=13, channels=16, state=1, dtype="bfloat16", params="float32")
+    inputs = list(case_inputs(case, "cuda").values())
 
     def loss_fn(*tensors):
-        return vmamba_kernels.ss2d_selective_scan(*tensors).square().sum()
+        return ss2d_scan(*tensors).square().sum()
 
     torch._dynamo.reset()
     compiled = torch.compile(loss_fn, fullgraph=True)
@@ -325,120 +443,70 @@ def test_torch_compile_inductor_on_cuda():
         torch.testing.assert_close(grad.float(), eager_grad.float(), rtol=1e-2, atol=1e-2)
 
 
-def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
-    """The real (non-interpreted) compiler pipeline down to a cubin for sm_90: catches what the interpreter cannot."""
-    import triton
+@needs_cuda
+def test_cuda_kernel_is_offered_on_a_gpu():
+    import vmamba_kernels
+    from vmamba_kernels import triton_ss2d
 
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this Triton install has no bundled ptxas")
-    out = tmp_path / "sm90.json"
-    env = _child_env()
-    env.pop("TRITON_INTERPRET")
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--sm90-compile-worker", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0 and out.exists(), proc.stderr[-4000:]
-    results = json.loads(out.read_text())
-    failed = {key: value for key, value in results.items() if value != "ok"}
-    assert len(results) == 8 and not failed, failed
+    assert vmamba_kernels.ss2d_kernel("cuda") == (triton_ss2d, None)
 
 
-def test_bad_shapes_raise_clear_errors():
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without a GPU")
+def test_no_cuda_kernel_without_a_gpu():
     import vmamba_kernels
 
-    if not vmamba_kernels.is_available() and vmamba_kernels.unavailable_reason().startswith("Triton could not"):
-        pytest.skip(vmamba_kernels.unavailable_reason())
-    inputs = _scan_inputs(dict(batch=1, groups=2, group_channels=2, d_state=1, length=5, dtype="float32"), "cpu")
-    inputs["A"] = torch.zeros(4, 3)  # wrong d_state
-    with pytest.raises(ValueError, match="A has shape"):
-        vmamba_kernels.selective_scan(*inputs.values())
-    ss2d = _ss2d_inputs(dict(batch=1, channels=2, d_state=1, height=3, width=4, dtype="float32"), "cpu")
-    ss2d["dts"] = ss2d["dts"][:, :, :, :2]
-    with pytest.raises(ValueError, match="dts has shape"):
-        vmamba_kernels.ss2d_selective_scan(*ss2d.values())
+    kernel, reason = vmamba_kernels.ss2d_kernel("cuda")
+    assert kernel is None and "no CUDA device is available" in reason
+    kernel, reason = vmamba_kernels.ss2d_kernel("cpu")
+    assert kernel is None and "no compiled SS2D kernel for cpu" in reason
 
 
-@pytest.mark.skipif(
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", reason="checks the CPU-without-interpreter error"
-)
-def test_cpu_tensors_without_interpreter_raise():
-    import vmamba_kernels
+def test_every_autotune_config_compiles_for_hopper_without_spills(sm90_results):
+    """The real compiler pipeline down to an sm_90 cubin for every configuration autotune may pick."""
+    from vmamba_kernels import triton_ss2d
 
-    inputs = _scan_inputs(dict(batch=1, groups=1, group_channels=2, d_state=1, length=5, dtype="float32"), "cpu")
-    assert not vmamba_kernels.is_available()
-    with pytest.raises(RuntimeError, match="need CUDA tensors"):
-        vmamba_kernels.selective_scan(*inputs.values())
+    expected = sum(len(c) for t in (triton_ss2d.FORWARD_CONFIGS, triton_ss2d.BACKWARD_CONFIGS) for c in t.values())
+    assert len(sm90_results) == expected, sorted(sm90_results)
+    failed = {key: value for key, value in sm90_results.items() if "error" in value}
+    assert not failed, failed
+    spilling = {key: value for key, value in sm90_results.items() if value["stack"] or value["local"]}
+    assert not spilling, f"register spills (stack/local bytes per thread): {spilling}"
+
+
+@pytest.fixture
+def triton_ss2d_module():
+    from vmamba_kernels import triton_ss2d
+
+    return triton_ss2d
+
+
+def test_bad_inputs_raise_clear_errors(triton_ss2d_module, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    inputs = case_inputs(dict(batch=1, height=2, width=3, channels=2, state=1, dtype="float32"), "cpu")
+    with pytest.raises(ValueError, match=r"ss2d: dt has shape \(1, 2, 3, 2, 2\), expected \(1, 2, 3, 4, 2\)"):
+        triton_ss2d_module.forward(*{**inputs, "dt": inputs["dt"][..., :2, :]}.values())
+    with pytest.raises(TypeError, match="must be float16/bfloat16/float32/float64, got torch.float8_e4m3fn"):
+        triton_ss2d_module.forward(*{**inputs, "x": inputs["x"].to(torch.float8_e4m3fn)}.values())
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="the Triton kernels need CUDA tensors, got cpu"):
+            triton_ss2d_module.forward(*inputs.values())
+        with pytest.raises(RuntimeError, match="need CUDA tensors"):
+            triton_ss2d_module.backward(torch.zeros(1, 2, 3, 2), *inputs.values())
 
 
 def test_import_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None\n"
         "import torch, vmamba_kernels\n"
-        "assert not vmamba_kernels.is_available()\n"
-        "assert 'Triton could not be imported' in vmamba_kernels.unavailable_reason()\n"
-        "x = torch.zeros(1, 1, 3)\n"
-        "try:\n"
-        "    vmamba_kernels.selective_scan(x, x, torch.zeros(1, 1), torch.zeros(1, 1, 1, 3), torch.zeros(1, 1, 1, 3))\n"
-        "except RuntimeError as err:\n"
-        "    assert 'unavailable' in str(err), err\n"
-        "else:\n"
-        "    raise SystemExit('no error raised')\n"
+        "kernel, reason = vmamba_kernels.ss2d_kernel('cuda')\n"
+        "assert kernel is None and 'Triton could not be imported' in reason, reason\n"
+        "from transformers_vmamba.ss2d import ss2d_scan\n"
+        "from transformers_vmamba.testing_utils import make_ss2d_inputs\n"
+        "assert ss2d_scan(*make_ss2d_inputs(1, 2, 2, 2, 1).values()).shape == (1, 2, 2, 2)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=_child_env(), capture_output=True, text=True, timeout=300)
+    env = _child_env(False)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def _sm90_compile_worker(out_path: str) -> None:
-    """Compile the default launch configs for sm_90 with the ptxas bundled in Triton (no GPU needed)."""
-    import triton
-    import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from vmamba_kernels import _triton_scan, ops
-
-    assert os.environ.get("TRITON_INTERPRET", "0") != "1"
-    results = {}
-    for kernel_name in ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel"):
-        kernel = getattr(_triton_scan, kernel_name)
-        backward = "bwd" in kernel_name
-        for d_state, cross in ((1, True), (1, False), (16, True), (4, False)):
-            block_d, n_pad, chunk, num_warps = ops.launch_config(3136, d_state, 96, backward)
-            signature = {name: ("*fp32" if name.endswith("_ptr") else "i32") for name in kernel.arg_names}
-            signature.update({name: "*bf16" for name in ("u_ptr", "delta_ptr", "B_ptr", "C_ptr")})
-            meta = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, CROSS=cross, BLOCK_D=block_d, N_PAD=n_pad,
-                        CHUNK=chunk, ACC=tl.float32)  # fmt: skip
-            if not backward:
-                meta["STORE_STATES"] = True
-            signature.update({name: "constexpr" for name in meta})
-            constexprs = {(kernel.arg_names.index(name),): value for name, value in meta.items()}
-            key = f"{kernel_name} N={d_state} {'cross' if cross else 'plain'} {(block_d, chunk, num_warps)}"
-            try:
-                compiled = triton.compile(
-                    ASTSource(kernel, signature, constexprs=constexprs),
-                    target=GPUTarget("cuda", 90, 32),
-                    options={"num_warps": num_warps},
-                )
-                results[key] = "ok" if compiled.asm.get("cubin") else "no cubin produced"
-            except Exception as err:
-                results[key] = f"{type(err).__name__}: {str(err)[:2000]}"
-    Path(out_path).write_text(json.dumps(results, indent=1))
-
-
-def _interpreter_worker(out_path: str) -> None:
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    torch.set_num_threads(1)
-    results = {"cases": {}, "compile": {}}
-    for name in list(SCAN_CASES) + list(SS2D_CASES):
-        try:
-            results["cases"][name] = run_case(name, "cpu")
-        except Exception as err:
-            results["cases"][name] = {"error": f"{type(err).__name__}: {err}"}
-    results["compile"] = run_compile_checks()
-    tmp = Path(out_path + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out_path)
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--interpreter-worker":
