@@ -26,6 +26,11 @@ except ImportError:
 
 def classify(model: str, images: list[str], top_k: int = 5, device: str | None = None, trust_remote_code: bool = False):
     """Returns, per image, a list of {"label", "score"} dicts, best first."""
+    if model.startswith("~"):
+        model = os.path.expanduser(model)
+    looks_like_path = os.path.isabs(model) or model.startswith(("./", "../", "~")) or model.count("/") > 1
+    if looks_like_path and not os.path.isdir(model):
+        raise FileNotFoundError(f"Model folder {model!r} does not exist (nor is it a Hub id such as 'org/name')")
     for image in images:
         if not image.startswith(("http://", "https://")) and not os.path.isfile(image):
             raise FileNotFoundError(f"Image {image!r} is neither an existing file nor an http(s) URL")
@@ -50,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.top_k < 1:
         parser.error(f"--top_k must be at least 1, got {args.top_k}")
 
-    results = classify(args.model, args.images, args.top_k, args.device, args.trust_remote_code)
+    try:
+        results = classify(args.model, args.images, args.top_k, args.device, args.trust_remote_code)
+    except (OSError, ValueError) as error:  # missing image, unknown model folder or Hub id, unreadable image
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     for image, predictions in zip(args.images, results):
         if args.json:
             print(json.dumps({"image": image, "predictions": predictions}))

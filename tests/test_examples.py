@@ -200,6 +200,19 @@ def test_inference_script_on_saved_folder(demo_result):
         inference.classify(demo_result["model_dir"], [str(Path(image).with_name("nope.png"))])
 
 
+def test_inference_script_errors_are_one_line(demo_result, tmp_path):
+    image = demo_result["predictions"][0]["image"]
+    cases = {
+        "neither an existing file nor an http": ["--model", demo_result["model_dir"], str(tmp_path / "nope.png")],
+        "does not exist": ["--model", str(tmp_path / "no-model"), image],
+    }
+    for message, args in cases.items():
+        result = _run("inference.py", *args)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
 def test_finetuning_cli_checkpoints_and_resume(digits_dir, tmp_path):
     out = tmp_path / "run"
     common = [
@@ -244,3 +257,35 @@ def test_finetuning_cli_checkpoints_and_resume(digits_dir, tmp_path):
 
     with pytest.raises(ValueError, match="is not a folder"):
         run_image_classification.main([*common, "--resume_from_checkpoint", str(tmp_path / "missing")])
+
+
+def test_two_process_ddp_training_on_cpu(digits_dir, tmp_path):
+    """torchrun with 2 CPU processes trains one model with DDP over gloo (not two independent runs) and the saved
+    folder classifies through the pipeline."""
+    from transformers import pipeline
+
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            str(EXAMPLES / "run_image_classification.py"),
+            "--model_name_or_path", "vmamba-tiny-s1l8", "--config_overrides", json.dumps(TINY_OVERRIDES),
+            "--image_size", str(IMAGE_SIZE), "--crop_pct", "1.0", "--random_flip", "false",
+            "--train_dir", str(digits_dir / "train"), "--validation_dir", str(digits_dir / "test"),
+            "--output_dir", str(out), "--do_train", "--do_eval",
+            "--max_train_samples", "128", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
+            "--max_steps", "4", "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true",
+        ],
+        capture_output=True, text=True, env=_subprocess_env(), timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 128 samples, 16 per process: 4 steps are one epoch with 2 processes, half an epoch with one
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["epoch"] == pytest.approx(1.0)
+    train_results = json.loads((out / "train_results.json").read_text())
+    assert train_results["epoch"] == pytest.approx(1.0)
+
+    classifier = pipeline("image-classification", model=str(out), device="cpu")
+    image = next((digits_dir / "test").glob("*/*.png"))
+    predictions = classifier(str(image), top_k=10)
+    assert sorted(p["label"] for p in predictions) == [str(i) for i in range(10)]

@@ -16,19 +16,6 @@ import transformers_vmamba
 from transformers_vmamba import VMambaConfig, VMambaForImageClassification, VMambaModel, default_image_processor
 
 
-def _image_processor_or_none():
-    try:
-        return default_image_processor()
-    except ImportError:  # transformers 5.4 requires torchvision even for the PIL ConvNeXt processor
-        return None
-
-
-needs_image_processor = pytest.mark.skipif(
-    _image_processor_or_none() is None,
-    reason="this transformers version cannot build ConvNeXt image processors without torchvision",
-)
-
-
 @pytest.fixture(scope="module")
 def sample_image() -> Image.Image:
     from sklearn.datasets import load_sample_image
@@ -42,9 +29,7 @@ def saved_model(tmp_path):
     config = tiny_config("vmamba-tiny-s2l5", id2label={0: "cat", 1: "dog", 2: "bird"})
     model = VMambaForImageClassification(config).eval()
     model.save_pretrained(tmp_path)
-    processor = _image_processor_or_none()
-    if processor is not None:
-        processor.save_pretrained(tmp_path)
+    default_image_processor().save_pretrained(tmp_path)
     return model, tmp_path
 
 
@@ -74,7 +59,6 @@ def test_auto_classes_resolve(saved_model):
     assert type(AutoModel.from_config(tiny_config())) is VMambaModel
 
 
-@needs_image_processor
 def test_auto_image_processor_resolves(saved_model):
     from transformers import AutoImageProcessor
 
@@ -95,7 +79,6 @@ def test_saved_folder_carries_remote_code(saved_model):
         assert (path / name).is_file(), name
 
 
-@needs_image_processor
 def test_pipeline_on_a_real_image(saved_model, sample_image):
     from transformers import pipeline
 
@@ -112,7 +95,23 @@ def test_pipeline_on_a_real_image(saved_model, sample_image):
         assert p["score"] == pytest.approx(probs[label2id[p["label"]]].item(), abs=1e-5)
 
 
-@needs_image_processor
+def test_image_feature_extraction_pipeline_pooled_and_unpooled(saved_model, sample_image):
+    from transformers import pipeline
+
+    model, path = saved_model
+    extractor = pipeline("image-feature-extraction", model=str(path), device="cpu")
+    assert type(extractor.model) is VMambaModel  # the task's Auto class, from the classifier's folder
+    pixel_values = default_image_processor()(sample_image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model.vmamba(pixel_values)
+    pooled = torch.tensor(extractor(sample_image, pool=True))
+    unpooled = torch.tensor(extractor(sample_image))
+    torch.testing.assert_close(pooled, expected.pooler_output, atol=1e-5, rtol=1e-5)
+    # unpooled: the last stage's map, (batch, channels, height, width) as documented
+    assert unpooled.shape == expected.last_hidden_state.shape == (1, model.config.hidden_sizes[-1], 7, 7)
+    torch.testing.assert_close(unpooled, expected.last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
 def test_image_processor_is_the_original_eval_transform(sample_image):
     """Short side to 256 (bicubic), center crop 224, ImageNet mean/std, computed independently with PIL."""
     processor = default_image_processor()
@@ -226,7 +225,6 @@ def test_one_trainer_step_updates_the_weights(tmp_path):
     assert any(".ssm.A_log" in k for k in changed) and "classifier.weight" in changed
 
 
-@needs_image_processor
 
 
 def test_public_api():
