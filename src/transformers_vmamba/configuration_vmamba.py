@@ -83,6 +83,12 @@ class VMambaConfig(BackboneConfigMixin, PreTrainedConfig):
     Configuration of a VMamba (Visual State Space Model, arXiv:2401.10166) model. The defaults build VMamba-T
     (`vmamba-tiny-s1l8`); use [`VMambaConfig.from_variant`] for the other released models.
 
+    Naming: the `ssm_*` fields are [`MambaConfig`]'s `state_size`, `expand`, `time_step_rank`, `conv_kernel`,
+    `use_conv_bias` and `time_step_min` / `time_step_max` / `time_step_floor` / `time_step_scale`. They keep an `ssm_`
+    prefix because a VMamba block also has an MLP with its own ratio (`mlp_ratio`), and the expansion is a float
+    ratio (0.5 to 2 in the releases) where Mamba's `expand` is an integer. There is no layout field: every model runs
+    channels-last inside, and outputs are `(batch, channels, height, width)` like Transformers' other vision models.
+
     num_channels (`int`, *optional*, defaults to 3):
         Number of input image channels.
     patch_size (`int`, *optional*, defaults to 4):

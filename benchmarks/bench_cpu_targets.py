@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""CPU targets of the layout/operator work: the three VMamba-T designs against Swin-T and ConvNeXt-T.
+
+Everything is a ratio to Swin-T measured in the same process (interleaved rounds, medians), so a busy machine
+shifts every model alike:
+
+- eager inference latency at 224x224, batch 1 and 8, for each thread count asked (``--threads 1,2``);
+- the same with ``torch.compile`` (inductor; compile time = the first call) unless ``--skip_compile``;
+- a training step (forward + backward of the cross-entropy, batch 8, train mode) and its peak memory, measured as
+  the growth of the resident set in a fresh process per model (torch's CPU allocator keeps no statistics).
+
+Random weights, float32. Writes ``RESULTS_cpu_targets.md`` and ``results_cpu_targets.json`` next to this script
+with ``--write`` (``--quick``: a few rounds, for a smoke run; never written over the full results).
+
+    python benchmarks/bench_cpu_targets.py --threads 1,2 --write
+    python benchmarks/bench_cpu_targets.py --quick --skip_compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageClassification, ConvNextConfig, SwinConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cpu_models import _proc_status_kib, load_average, machine_info, write_atomic  # noqa: E402
+
+from transformers_vmamba import VMambaConfig  # noqa: E402
+
+
+MODELS = {
+    "VMamba-T s1l8": lambda: VMambaConfig.from_variant("vmamba-tiny-s1l8", num_labels=1000),
+    "VMamba-T s2l5": lambda: VMambaConfig.from_variant("vmamba-tiny-s2l5", num_labels=1000),
+    "Vanilla-VMamba-T": lambda: VMambaConfig.from_variant("vanilla-vmamba-tiny", num_labels=1000),
+    "Swin-T": lambda: SwinConfig(num_labels=1000),  # embed 96, depths 2-2-6-2, window 7
+    "ConvNeXt-T": lambda: ConvNextConfig(num_labels=1000),  # widths 96-768, depths 3-3-9-3
+}
+BASELINE = "Swin-T"
+HERE = Path(__file__).resolve().parent
+
+
+def build(name: str, train: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = AutoModelForImageClassification.from_config(MODELS[name]())
+    return model.train(train)
+
+
+def interleaved(calls: dict, rounds: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call; one call per model per round in rotating order."""
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def inference_calls(models: dict, batch: int) -> dict:
+    inputs = torch.randn(batch, 3, 224, 224)
+
+    def call(model):
+        def run():
+            with torch.inference_mode():
+                model(inputs)
+
+        return run
+
+    return {name: call(model) for name, model in models.items()}
+
+
+def train_calls(models: dict, batch: int) -> dict:
+    inputs, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
+
+    def call(model):
+        def run():
+            model.zero_grad(set_to_none=True)
+            model(inputs, labels=labels).loss.backward()
+
+        return run
+
+    return {name: call(model) for name, model in models.items()}
+
+
+def compile_models(models: dict, batch: int) -> tuple[dict, dict]:
+    """torch.compile each model and time its first call (the compilation) at this batch size."""
+    compiled, seconds = {}, {}
+    inputs = torch.randn(batch, 3, 224, 224)
+    for name, model in models.items():
+        torch._dynamo.reset()
+        start = time.perf_counter()
+        compiled[name] = torch.compile(model, fullgraph=name.startswith(("VMamba", "Vanilla")))
+        with torch.inference_mode():
+            compiled[name](inputs)
+        seconds[name] = time.perf_counter() - start
+        print(f"  compiled {name} (batch {batch}) in {seconds[name]:.0f} s", flush=True)
+    return compiled, seconds
+
+
+def train_memory_probe(name: str, batch: int, threads: int) -> dict:
+    """Peak extra resident memory (MiB) of one training step; meant for a fresh process."""
+    torch.set_num_threads(threads)
+    model = build(name, train=True)
+    inputs, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
+    gc.collect()
+    before = _proc_status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM (peak RSS) to the current RSS
+    model(inputs, labels=labels).loss.backward()
+    return {"model": name, "peak_mib": (_proc_status_kib("VmHWM") - before) / 1024.0}
+
+
+def peak_train_memory(name: str, batch: int, threads: int) -> float | None:
+    command = [sys.executable, __file__, "--memory_probe", name, "--batch", str(batch), "--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"  memory probe {name} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def ratios(medians: dict) -> dict:
+    return {name: value / medians[BASELINE] for name, value in medians.items()}
+
+
+def markdown(results: dict) -> str:
+    names = list(MODELS)
+    lines = [
+        "# CPU targets: VMamba-T designs vs Swin-T (ratios measured in one process)",
+        "",
+        f"Machine: {results['machine']['cpu']}, {results['machine']['logical_cpus']} logical CPUs; torch "
+        f"{results['machine']['torch']}, transformers {results['machine']['transformers']}; "
+        f"{results['machine']['date_utc']} UTC. Scan kernel on CPU: {results['scan_kernel']}. "
+        f"Load average before / after: {results['load_before']} / {results['load_after']}.",
+        "",
+        "Method: random weights, float32, 224x224; every model called once per round in rotating order after "
+        "warm-up; medians of the rounds; ratios to Swin-T of the same run. Training step: forward + backward of "
+        "the cross-entropy at batch 8 in train mode (no optimizer). Peak memory: resident-set growth of one "
+        "training step in a fresh process.",
+        "",
+    ]
+    for threads, run in results["runs"].items():
+        lines += [f"## {threads} thread(s)", ""]
+        header = "| model | " + " | ".join(run["columns"]) + " |"
+        lines += [header, "| --- |" + " ---: |" * len(run["columns"])]
+        for name in names:
+            cells = []
+            for column in run["columns"]:
+                entry = run["table"][column].get(name)
+                cells.append("-" if entry is None else f"{entry['ms']:.0f} ms ({entry['ratio']:.2f}x)")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if run.get("compile_seconds"):
+            lines += ["", "Compile time (first call, batch 1): " + ", ".join(
+                f"{name} {seconds:.0f} s" for name, seconds in run["compile_seconds"].items())]
+        lines.append("")
+    if results.get("train_memory_mib"):
+        lines += ["## Peak memory of a training step (batch 8)", "", "| model | MiB | ratio to Swin-T |",
+                  "| --- | ---: | ---: |"]
+        memory = results["train_memory_mib"]
+        for name in names:
+            if memory.get(name) is not None:
+                lines.append(f"| {name} | {memory[name]:.0f} | {memory[name] / memory[BASELINE]:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def scan_kernel_name() -> str:
+    try:
+        import vmamba_kernels
+
+        kernel, reason = vmamba_kernels.ss2d_kernel("cpu")
+    except ImportError as error:
+        return f"none ({error})"
+    return kernel.__name__ if kernel is not None else f"none ({reason})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
+    parser.add_argument("--quick", action="store_true", help="a few rounds: a smoke run")
+    parser.add_argument("--skip_compile", action="store_true")
+    parser.add_argument("--skip_train", action="store_true")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset (Swin-T always runs)")
+    parser.add_argument("--write", action="store_true", help="write RESULTS_cpu_targets.md and the JSON")
+    parser.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
+    parser.add_argument("--memory_probe", metavar="MODEL", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    threads_list = [int(t) for t in args.threads.split(",")]
+    if args.memory_probe:
+        print(json.dumps(train_memory_probe(args.memory_probe, args.batch, threads_list[0])))
+        return
+    chosen = [name for name in MODELS if name in args.models.split(",") or name == BASELINE]
+    rounds, warmup = (3, 1) if args.quick else (15, 2)
+    results = {"machine": machine_info(threads_list[-1]), "scan_kernel": scan_kernel_name(),
+               "load_before": load_average(), "runs": {}}
+    print(f"scan kernel on CPU: {results['scan_kernel']}", flush=True)
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        models = {name: build(name) for name in chosen}
+        table = {}
+        for batch in (1, 8):
+            medians = interleaved(inference_calls(models, batch), rounds, warmup)
+            table[f"eager b{batch}"] = {n: {"ms": m * 1e3, "ratio": r} for (n, m), r in
+                                        zip(medians.items(), ratios(medians).values())}
+            print(f"{threads} thread(s), eager batch {batch}: " + ", ".join(
+                f"{n} {v['ms']:.0f} ms ({v['ratio']:.2f}x)" for n, v in table[f"eager b{batch}"].items()), flush=True)
+        run = {"columns": list(table), "table": table}
+        if not args.skip_compile:
+            compiled, seconds = compile_models(models, 1)
+            medians = interleaved(inference_calls(compiled, 1), rounds, warmup)
+            table["compiled b1"] = {n: {"ms": m * 1e3, "ratio": r} for (n, m), r in
+                                    zip(medians.items(), ratios(medians).values())}
+            eager = table["eager b1"]
+            for name in compiled:
+                table["compiled b1"][name]["speedup_vs_eager"] = eager[name]["ms"] / table["compiled b1"][name]["ms"]
+            run["compile_seconds"] = seconds
+            run["columns"].append("compiled b1")
+            del compiled
+            torch._dynamo.reset()
+        if not args.skip_train:
+            train_models = {name: build(name, train=True) for name in chosen}
+            medians = interleaved(train_calls(train_models, 8), max(3, rounds // 3), 1)
+            table["train step b8"] = {n: {"ms": m * 1e3, "ratio": r} for (n, m), r in
+                                      zip(medians.items(), ratios(medians).values())}
+            run["columns"].append("train step b8")
+            del train_models
+        results["runs"][str(threads)] = run
+        del models
+        gc.collect()
+    if not args.skip_train:
+        results["train_memory_mib"] = {name: peak_train_memory(name, 8, threads_list[-1]) for name in chosen}
+    results["load_after"] = load_average()
+    report = markdown(results)
+    print(report)
+    if args.write and not args.quick:
+        write_atomic(HERE / "RESULTS_cpu_targets.md", report + "\n")
+        write_atomic(HERE / "results_cpu_targets.json", json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
