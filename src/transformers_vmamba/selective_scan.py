@@ -500,6 +500,20 @@ def _route_parameters(A, D, dt_bias, routes):
     return A[picked].transpose(1, 2), D[picked], dt_bias[picked]
 
 
+def _route_step_inputs(routes, x, dt, A, B, C, D, dt_bias):
+    """The step scan's inputs (u, delta, A, B, C, D, delta_bias) for a set of routes run together."""
+    A_r, D_r, bias_r = _route_parameters(A, D, dt_bias, routes)
+    return (
+        _stacked_steps(lambda k: x, routes),
+        _stacked_steps(lambda k: dt[..., k, :], routes),
+        A_r,
+        _stacked_steps(lambda k: B[..., k, :], routes),
+        _stacked_steps(lambda k: C[..., k, :], routes),
+        D_r,
+        bias_r,
+    )
+
+
 def ss2d_forward_torch(x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
     """SS2D with the chunked scan: each route is read straight into the scan's step layout (no cross-scan copies)
     and merged by adding its output back in place. Returns (batch, H, W, C) in the compute dtype; no autograd.
@@ -509,18 +523,7 @@ def ss2d_forward_torch(x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
     batch, height, width, channels = x.shape
     merged = torch.zeros(x.shape, dtype=dtype, device=x.device)
     for routes in _route_sets(height, width):
-        A_r, D_r, bias_r = _route_parameters(A, D, dt_bias, routes)
-        y = _step_forward(
-            _stacked_steps(lambda k: x, routes),
-            _stacked_steps(lambda k: dt[..., k, :], routes),
-            A_r,
-            _stacked_steps(lambda k: B[..., k, :], routes),
-            _stacked_steps(lambda k: C[..., k, :], routes),
-            D_r,
-            bias_r,
-            True,
-            len(routes),
-        )
+        y = _step_forward(*_route_step_inputs(routes, x, dt, A, B, C, D, dt_bias), True, len(routes))
         y = y.reshape(y.shape[0], batch, len(routes), channels, y.shape[-1])
         for index, route in enumerate(routes):
             merged.add_(_route_image(y[:, :, index], route))
@@ -538,16 +541,9 @@ def ss2d_backward_torch(grad_y, x, dt, A, B, C, D, dt_bias):
     grad_dt, grad_A, grad_B, grad_C = (torch.zeros_like(t) for t in (dt, A, B, C))
     grad_D, grad_bias = torch.zeros_like(D), torch.zeros_like(dt_bias)
     for routes in _route_sets(height, width):
-        A_r, D_r, bias_r = _route_parameters(A, D, dt_bias, routes)
         g_u, g_dt, g_A, g_B, g_C, g_D, g_bias = _step_backward(
             _stacked_steps(lambda k: grad_y, routes),  # the merge is a sum: every route gets the whole grad_y
-            _stacked_steps(lambda k: x, routes),
-            _stacked_steps(lambda k: dt[..., k, :], routes),
-            A_r,
-            _stacked_steps(lambda k: B[..., k, :], routes),
-            _stacked_steps(lambda k: C[..., k, :], routes),
-            D_r,
-            bias_r,
+            *_route_step_inputs(routes, x, dt, A, B, C, D, dt_bias),
             True,
             len(routes),
         )
