@@ -991,11 +991,11 @@ def convert_original_checkpoint(
             summary = ", ".join(f"{module} ({len(keys)} tensors)" for module, keys in skipped.items())
             reason = (
                 "backbone_only=True" if backbone_only
-                else "the decode head is not a UPerHead (only mmseg UperNet segmentors convert whole)"
+                else "only mmsegmentation UperNet checkpoints, with a UPerHead decode head, convert whole"
             )
             logger.warning(
-                f"detection/segmentation checkpoint: converting only the VMamba backbone ({reason}); skipped "
-                f"{summary}. Decode/detection heads and necks are not converted."
+                f"detection/segmentation checkpoint: converting only the VMamba backbone; skipped {summary}. "
+                f"Decode/detection heads and necks are not converted ({reason})."
             )
         state_dict = backbone_state_dict
     if isinstance(release, ReleasedSegmentationModel) and heads is None:
@@ -1030,6 +1030,8 @@ def convert_original_checkpoint(
     if heads is not None:
         _check_stored_values(heads, {key: key for key in heads})
         kind = CHECKPOINT_KINDS["segmentor"]
+        # The UPerHead reads every stage (mmseg in_index 0..3): a stage without its output norm is a missing key.
+        config.out_features = [f"stage{index + 1}" for index in range(len(config.depths))]
         config = _segmentor_config(heads, config, upernet_overrides)
         names = {DETECTION_BACKBONE_PREFIX + key: name for key, name in names.items()} | {key: key for key in heads}
         state_dict = {DETECTION_BACKBONE_PREFIX + key: tensor for key, tensor in state_dict.items()} | heads
