@@ -990,12 +990,12 @@ def convert_original_checkpoint(
         elif skipped:
             summary = ", ".join(f"{module} ({len(keys)} tensors)" for module, keys in skipped.items())
             reason = (
-                "backbone_only=True" if backbone_only
-                else "only mmsegmentation UperNet checkpoints, with a UPerHead decode head, convert whole"
+                "backbone_only=True was given." if backbone_only
+                else "Only mmsegmentation UperNet checkpoints (with a UPerHead decode head) convert whole."
             )
             logger.warning(
                 f"detection/segmentation checkpoint: converting only the VMamba backbone; skipped {summary}. "
-                f"Decode/detection heads and necks are not converted ({reason})."
+                f"Decode/detection heads and necks are not converted. {reason}"
             )
         state_dict = backbone_state_dict
     if isinstance(release, ReleasedSegmentationModel) and heads is None:
