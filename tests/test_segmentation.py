@@ -493,3 +493,32 @@ def test_pipeline_segments_a_real_photo_with_ade20k_names(ade20k_folder):
     assert tuple(maps[0].shape) == (427, 640) and int(maps[0].max()) < 150
     assert processor.do_reduce_labels  # 150-class ADE20K head: labels are reduced as in the original's dataset
 
+
+
+def test_model_name_alone_fetches_and_converts_the_released_segmentor(tmp_path, monkeypatch, capsys):
+    """`vmamba-convert --model upernet-vmamba-tiny-s2l5` downloads the registry's URL (download stubbed: no network
+    here; the stand-in is a full-size file of the released layout with zero weights) and writes a folder whose card
+    carries the original's published mIoU."""
+    import transformers_vmamba.convert as cli
+    from huggingface_hub import ModelCard
+
+    release = get_released_model("upernet-vmamba-tiny-s2l5")
+    stand_in = tmp_path / release.file_name
+    torch.save({"meta": {}, "state_dict": _released_layout_segmentor("vmamba_tiny_s2l5")}, stand_in)
+    fetched = []
+
+    def fake_download(url, cache_dir):
+        fetched.append(url)
+        return stand_in
+
+    monkeypatch.setattr(cli, "download_checkpoint", fake_download)
+    output = tmp_path / "out"
+    code = cli.main(["--model", release.name, "--output", str(output), "--cache-dir", str(tmp_path / "c")])
+    assert code == 0, capsys.readouterr().err
+    assert fetched == [release.url]
+    config = json.loads((output / "config.json").read_text())
+    assert config["architectures"] == ["UperNetForSemanticSegmentation"] and config["id2label"]["2"] == "sky"
+    assert json.loads((output / "preprocessor_config.json").read_text())["do_reduce_labels"] is True
+    card = ModelCard.load(output / "README.md")
+    assert [result.metric_value for result in card.data.eval_results] == [48.3, 48.6]
+    assert release.url in card.text
