@@ -27,6 +27,9 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     Image.fromarray(load_sample_image("china.jpg")).save("cat.jpg")
     stand_ins = {
         "vssm1_tiny_0230s_ckpt_epoch_264.pth": str(fixtures_dir() / "v2_s2l_ln2d" / "checkpoint.pth"),
+        "upernet_vssm_4xb4-160k_ade20k-512x512_tiny_iter_160000.pth": str(
+            fixtures_dir() / "seg_upernet_v2_ln2d_mmseg" / "checkpoint.pth"
+        ),
     }
     namespace: dict = {}
     for block in blocks:
@@ -34,3 +37,4 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
             block = block.replace(name, path)
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
     assert Path("vmamba-tiny-s1l8", "model.safetensors").is_file()
+    assert Path("upernet-vmamba", "preprocessor_config.json").is_file()

@@ -3,7 +3,8 @@
 
 Importing this package registers VMamba with the Auto classes (`AutoConfig`, `AutoModel`,
 `AutoModelForImageClassification`, `AutoBackbone`, `AutoImageProcessor`), so saved VMamba folders load like any
-built-in model and dense-task models (e.g. UperNet) accept a VMamba `backbone_config`.
+built-in model and dense-task models (e.g. UperNet) accept a VMamba `backbone_config`; a converted UperNet folder
+then loads with `AutoModelForSemanticSegmentation` and `pipeline("image-segmentation")`.
 """
 
 from transformers import (
@@ -13,6 +14,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     ConvNextImageProcessorPil,
+    SegformerImageProcessorPil,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.utils import is_torchvision_available
@@ -61,6 +63,43 @@ def default_image_processor(backend: str | None = None):
     )
 
 
+def segmentation_image_processor(backend: str | None = None, *, reduce_labels: bool = False):
+    """The original's ADE20K evaluation transform (mmsegmentation test pipeline of its UperNet configs) as a
+    Transformers image processor, for `UperNetForSemanticSegmentation` and `pipeline("image-segmentation")`.
+
+    The original resizes keeping the aspect ratio to fit scale (2048, 512) (short side 512 unless the long side
+    would pass 2048), normalises with the ImageNet mean/std (123.675, 116.28, 103.53 / 58.395, 57.12, 57.375 in 0-255
+    units, RGB) and runs on the whole image, no padding or sliding window; logits are resized to the image's size.
+    Transformers' Segformer processor with ``size={"shortest_edge": 512, "longest_edge": 2048}`` does the same, and
+    its `post_process_semantic_segmentation` resizes logits bilinearly (align_corners False) as mmseg does. Two
+    differences remain: the new size is truncated where mmcv rounds (a side may be 1 pixel shorter), and resizing is
+    PIL's bilinear filter (antialiased when shrinking) where the original uses OpenCV's (not antialiased).
+    `reduce_labels` maps label 0 to 255 (ignored) and k to k-1 in segmentation maps, as the original's ADE20K
+    dataset (``reduce_zero_label``). `backend` is "pil" or "torchvision" (default torchvision when installed).
+    """
+    if backend is None:
+        backend = "torchvision" if is_torchvision_available() else "pil"
+    if backend == "pil":
+        processor_class = SegformerImageProcessorPil
+    elif backend == "torchvision":
+        from transformers import SegformerImageProcessor
+
+        processor_class = SegformerImageProcessor
+    else:
+        raise ValueError(f"backend must be 'pil' or 'torchvision', got {backend!r}")
+    return processor_class(
+        do_resize=True,
+        size={"shortest_edge": 512, "longest_edge": 2048},
+        resample=PILImageResampling.BILINEAR,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+        do_reduce_labels=reduce_labels,
+    )
+
+
 def _register() -> None:
     AutoConfig.register(VMambaConfig.model_type, VMambaConfig, exist_ok=True)
     AutoModel.register(VMambaConfig, VMambaModel, exist_ok=True)
@@ -101,4 +140,5 @@ __all__ = [
     "from_original_checkpoint",
     "infer_config_from_state_dict",
     "load_original_checkpoint",
+    "segmentation_image_processor",
 ]

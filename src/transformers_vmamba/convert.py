@@ -2,10 +2,13 @@
 """Convert an original VMamba checkpoint (MzeroMiko/VMamba `.pth`) into a Transformers model folder.
 
 A classification checkpoint gives a folder that loads with `AutoModelForImageClassification.from_pretrained` and
-`pipeline(...)`. A detection/segmentation checkpoint (mmdetection/mmsegmentation layout, backbone under
-`backbone.`) gives a `VMambaBackbone` folder; its decode/detection heads and necks are not converted. Either folder
-carries the flat modelling code for `trust_remote_code`, a preprocessor config and a model card, and can be pushed
-to the Hub.
+`pipeline(...)`. An mmsegmentation UperNet checkpoint (the original's released ADE20K models) gives an
+`UperNetForSemanticSegmentation` folder (VMamba backbone, UPerHead and FCNHead converted) that loads with
+`AutoModelForSemanticSegmentation.from_pretrained` and `pipeline("image-segmentation")` once `transformers_vmamba`
+is imported. Another detection/segmentation checkpoint (mmdetection/mmsegmentation layout, backbone under
+`backbone.`), or a UperNet with --backbone-only, gives a `VMambaBackbone` folder; its heads and necks are not
+converted. Classifier and backbone folders carry the flat modelling code for `trust_remote_code`; every folder has a
+preprocessor config and a model card, and can be pushed to the Hub.
 Everything about the checkpoint (reading it safely, which weights, which release, the key mapping and its checks)
 lives in `transformers_vmamba.original_checkpoint`; this script only fetches, writes atomically and verifies.
 
@@ -14,7 +17,9 @@ Examples:
   vmamba-convert --checkpoint ckpt_epoch_262.pth --model vmamba-tiny-s2l5 \\
       --output out/tiny --push-to-hub --repo-id my-org/vmamba-tiny-s2l5
   vmamba-convert --checkpoint my_finetune.pth --output out/mine  # config inferred
-  vmamba-convert --checkpoint upernet_vssm_tiny.pth --output out/backbone
+  vmamba-convert --model upernet-vmamba-tiny-s2l5 --output converted/upernet-vmamba-tiny-s2l5
+  vmamba-convert --checkpoint my_upernet_iter_160000.pth --output out/segmentor
+  vmamba-convert --checkpoint my_upernet_iter_160000.pth --backbone-only --output out/backbone
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic_folder import check_output_folder, path_lock, sigterm_as_exit, write_folder_atomically
-from .released_models import RELEASED_MODELS, ReleasedModel, get_released_model
+from .released_models import (
+    RELEASED_MODELS,
+    RELEASED_SEGMENTATION_MODELS,
+    ReleasedModel,
+    ReleasedSegmentationModel,
+    get_released_model,
+)
 
 
 WEIGHTS_KEYS = ("model", "model_ema", "state_dict")  # --weights-key choices; the library picks when not given
@@ -47,7 +58,7 @@ class ConversionResult:
     output_dir: Path
     weights_key: str
     num_parameters: int
-    released: ReleasedModel | None
+    released: ReleasedModel | ReleasedSegmentationModel | None
     max_abs_diff: float
     outputs: str = "logits"  # what the self-check compared: "logits" or "feature maps"
 
@@ -152,6 +163,14 @@ def _code_files(folder: Path, config: dict) -> set[str]:
     return names
 
 
+def _is_vmamba_config(config: dict) -> bool:
+    """A VMamba model's config.json, or a UperNet's whose backbone is VMamba."""
+    if config.get("model_type") == "vmamba":
+        return True
+    backbone = config.get("backbone_config")
+    return config.get("model_type") == "upernet" and isinstance(backbone, dict) and backbone.get("model_type") == "vmamba"
+
+
 def converted_folder_problem(folder: Path) -> str | None:
     """Why `folder` is not a folder this converter wrote, or None if it is. ``--overwrite`` replaces only such a
     folder: a VMamba config.json and nothing but the files a conversion writes."""
@@ -159,7 +178,7 @@ def converted_folder_problem(folder: Path) -> str | None:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return "it has no readable config.json, so it is not a folder written by vmamba-convert"
-    if not isinstance(config, dict) or config.get("model_type") != "vmamba":
+    if not isinstance(config, dict) or not _is_vmamba_config(config):
         return "its config.json is not a VMamba config, so it is not a folder written by vmamba-convert"
     known = set(EXPECTED_FILES) | _code_files(folder, config)
     foreign = sorted(
@@ -177,6 +196,12 @@ def is_backbone(model) -> bool:
     from . import VMambaBackbone
 
     return isinstance(model, VMambaBackbone)
+
+
+def is_segmentor(model) -> bool:
+    from transformers import UperNetForSemanticSegmentation
+
+    return isinstance(model, UperNetForSemanticSegmentation)
 
 
 def model_outputs(model, pixel_values) -> list:
@@ -206,7 +231,7 @@ def verify_folder(folder: Path, model, *, allow_non_finite: bool = False) -> flo
     auto_map = json.loads((folder / "config.json").read_text()).get("auto_map", {})
     code_files = {ref.split(".")[0] + ".py" for ref in auto_map.values() if isinstance(ref, str)}
     missing += [name for name in sorted(code_files) if not (folder / name).is_file()]
-    if not auto_map:
+    if not auto_map and not is_segmentor(model):  # Transformers' UperNet carries no remote code of ours
         missing.append("auto_map in config.json")
     if missing:
         raise ConversionError(f"verification failed: the written folder lacks {', '.join(missing)}")
@@ -254,10 +279,24 @@ def verify_folder(folder: Path, model, *, allow_non_finite: bool = False) -> flo
 def write_model_folder(
     tmp: Path, model, *, source: str, weights_key: str | None, released, official: bool, model_id: str
 ) -> None:
-    from . import default_image_processor
-    from .model_card import build_model_card
+    from . import default_image_processor, segmentation_image_processor
+    from .model_card import build_model_card, build_segmentation_model_card
 
     model.save_pretrained(tmp)
+    if is_segmentor(model):
+        # label reduction as the original's ADE20K data (reduce_zero_label) for 150-class heads
+        segmentation_image_processor(reduce_labels=model.config.num_labels == 150).save_pretrained(tmp)
+        card = build_segmentation_model_card(
+            model_id=model_id,
+            config=model.config,
+            num_parameters=sum(p.numel() for p in model.parameters()),
+            source=source,
+            weights_key=weights_key or "state dict",
+            released=released,
+            official=official,
+        )
+        card.save(tmp / "README.md")
+        return
     default_image_processor().save_pretrained(tmp)
     card = build_model_card(
         model_id=model_id,
@@ -282,6 +321,7 @@ def convert(
     cache_dir: Path | None = None,
     repo_id: str | None = None,
     allow_non_finite: bool = False,
+    backbone_only: bool = False,
 ) -> ConversionResult:
     """Convert one checkpoint into `output`; nothing is left behind when anything fails.
 
@@ -305,7 +345,7 @@ def convert(
     path, source = resolve_checkpoint(checkpoint, released, cache_dir)
     raw = read_checkpoint(path, source, cache_dir)
     result = convert_original_checkpoint(
-        raw, variant, weights_key, source=source, allow_non_finite=allow_non_finite
+        raw, variant, weights_key, source=source, allow_non_finite=allow_non_finite, backbone_only=backbone_only
     )
     del raw
     model = result.model
@@ -362,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\nExamples:")[0],
         epilog="Examples:" + __doc__.split("Examples:")[1]
-        + "\nKnown model names: " + ", ".join(RELEASED_MODELS)
+        + "\nKnown model names: " + ", ".join([*RELEASED_MODELS, *RELEASED_SEGMENTATION_MODELS])
         + "\nExit status: 0 on success, 1 on a conversion error, 2 on a usage error.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -375,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         metavar="NAME",
-        help="released model name (e.g. vmamba-tiny-s2l5; the original builder name vmamba_tiny_s2l5 works too). "
+        help="released model name (e.g. vmamba-tiny-s2l5; the original builder name vmamba_tiny_s2l5 works too; "
+        "upernet-vmamba-tiny-s2l5 etc. for the ADE20K UperNet segmentors). "
         "The checkpoint must match it (family and size are checked from the tensor shapes). Without it the config "
         "is inferred from the checkpoint.",
     )
@@ -403,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where downloads are cached "
         "(default: $VMAMBA_CACHE or $HF_HOME/transformers-vmamba/original-checkpoints)",
     )
+    parser.add_argument(
+        "--backbone-only",
+        action="store_true",
+        help="for an mmsegmentation UperNet checkpoint: write only its VMambaBackbone (the heads are skipped)",
+    )
     parser.add_argument("--push-to-hub", action="store_true", help="upload the folder to the Hub after converting")
     parser.add_argument(
         "--repo-id",
@@ -421,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_models:
         for model in RELEASED_MODELS.values():
             print(f"{model.name:22s} {model.title:18s} top-1 {model.top1}%  {model.url}")
+        for seg in RELEASED_SEGMENTATION_MODELS.values():
+            print(f"{seg.name:28s} {seg.title:18s} ADE20K mIoU {seg.miou_ss}/{seg.miou_ms} (SS/MS)  {seg.url}")
         return 0
     if args.output is None:
         parser.error("--output DIR is required")
@@ -457,6 +505,7 @@ def _run(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir,
         repo_id=args.repo_id,
         allow_non_finite=args.allow_non_finite,
+        backbone_only=args.backbone_only,
     )
     print(
         f"converted {result.weights_key} weights ({result.num_parameters:,} parameters) into {result.output_dir}; "

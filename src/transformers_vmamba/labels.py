@@ -21,3 +21,9 @@ def imagenet1k_labels() -> list[str]:
 def label_fields(labels: list[str]) -> dict:
     """`id2label` / `label2id` config fields for a list of class names."""
     return dict(id2label=dict(enumerate(labels)), label2id={label: index for index, label in enumerate(labels)})
+
+
+def ade20k_labels() -> list[str]:
+    """The 150 ADE20K (SceneParsing) class names in the order of the original UperNet heads' outputs (source
+    recorded in the data file)."""
+    return list(_load("ade20k_labels.json")["labels"])

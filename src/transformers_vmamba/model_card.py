@@ -196,3 +196,147 @@ config = UperNetConfig(backbone_config=backbone.config, num_labels=150)
 model = UperNetForSemanticSegmentation(config)
 model.backbone.load_state_dict(backbone.state_dict())
 ```"""
+
+
+SEGMENTATION_TAGS = ["vision", "image-segmentation", "semantic-segmentation", "upernet", "vmamba", "mamba",
+                     "state-space-model"]
+
+
+def build_segmentation_model_card(
+    *,
+    model_id: str,
+    config,
+    num_parameters: int,
+    source: str,
+    weights_key: str,
+    released=None,
+    official: bool = False,
+) -> ModelCard:
+    """Card of a converted UperNet segmentor. The published ADE20K mIoU goes into the Hub metadata only when the file
+    is the authors' release itself (`official`) and `released` is its segmentation entry."""
+    from .released_models import ReleasedSegmentationModel
+
+    segmentation_release = released if isinstance(released, ReleasedSegmentationModel) else None
+    measured = segmentation_release is not None and official and weights_key == segmentation_release.default_weights_key
+    is_ade20k = config.num_labels == 150
+    eval_results = None
+    if measured:
+        eval_results = [
+            EvalResult(
+                task_type="image-segmentation",
+                task_name="Semantic Segmentation",
+                dataset_type="scene_parse_150",
+                dataset_name="ADE20K",
+                dataset_split="validation",
+                metric_type="mean_iou",
+                metric_name=f"mIoU (%), {name}",
+                metric_value=value,
+                source_name="VMamba (original repository)",
+                source_url=PERFORMANCE_TABLE_URL,
+            )
+            for name, value in (("single-scale", segmentation_release.miou_ss),
+                                ("multi-scale", segmentation_release.miou_ms))
+        ]
+    data = ModelCardData(
+        license="mit",
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        tags=SEGMENTATION_TAGS,
+        datasets=["scene_parse_150"] if is_ade20k else None,
+        model_name=model_id.rsplit("/", 1)[-1],
+        eval_results=eval_results,
+    )
+    backbone = config.backbone_config
+    if segmentation_release is not None:
+        title = f"UperNet with VMamba {segmentation_release.title} backbone (`{segmentation_release.name}`), ADE20K"
+    else:
+        title = "UperNet with a VMamba backbone (converted mmsegmentation checkpoint)"
+    aux = (
+        f"FCNHead auxiliary head ({config.auxiliary_channels} channels, {config.auxiliary_num_convs} convolution(s), "
+        f"loss weight {config.auxiliary_loss_weight})"
+        if config.use_auxiliary_head
+        else "no auxiliary head"
+    )
+    facts = [
+        f"- Architecture: UperNet (UPerHead with {config.hidden_size} channels, pool scales "
+        f"{list(config.pool_scales)}; {aux}) on a VMamba {backbone.family or 'custom'} backbone with hidden sizes "
+        f"{backbone.hidden_sizes} and depths {backbone.depths}",
+        f"- Parameters: {num_parameters:,}; {config.num_labels} classes"
+        + (" (ADE20K SceneParsing class names)" if is_ade20k else " (generic names `LABEL_0`, ...)"),
+    ]
+    if segmentation_release is not None:
+        facts.append(
+            f"- Published ADE20K val mIoU of the original ({segmentation_release.crop_size}x"
+            f"{segmentation_release.crop_size} crops, 160k iterations): {segmentation_release.miou_ss}% single-scale,"
+            f" {segmentation_release.miou_ms}% multi-scale ([original results table]({PERFORMANCE_TABLE_URL}))"
+        )
+        facts.append(f"- Original config: `{segmentation_release.original_config}`")
+    if segmentation_release is not None and official:
+        facts.append(f"- Source checkpoint: [{segmentation_release.file_name}]({segmentation_release.url}), "
+                     f"weights `{weights_key}`")
+    else:
+        facts.append(f"- Source checkpoint: `{source}`, weights `{weights_key}`")
+        if segmentation_release is not None:
+            facts.append("- Note: these weights are not the released checkpoint, so its published mIoU does not apply.")
+    facts.append(
+        f"- Original code: [{ORIGINAL_REPOSITORY}](https://github.com/{ORIGINAL_REPOSITORY}) "
+        f"at commit `{ORIGINAL_COMMIT}`; heads: mmsegmentation's UPerHead and FCNHead"
+    )
+    facts.append(f"- Paper: [VMamba: Visual State Space Model]({PAPER_URL})")
+    text = f"""---
+{data.to_yaml()}
+---
+
+# {title}
+
+VMamba is a vision backbone built from Visual State-Space (VSS) blocks: its SS2D module runs a selective
+scan (Mamba) along four routes over the feature map, which gives a global receptive field in linear time.
+This repository holds a whole semantic-segmentation model of the original authors' code (an mmsegmentation
+UperNet with a VMamba backbone), converted to Transformers' `UperNetForSemanticSegmentation` with
+`vmamba-convert` from the transformers-vmamba project.
+
+{chr(10).join(facts)}
+
+## Usage
+
+{SEGMENTATION_USAGE.format(model_id=model_id)}
+
+## Citation
+
+```bibtex
+{PAPER_CITATION}
+```
+"""
+    return ModelCard(text)
+
+
+SEGMENTATION_USAGE = """The model is Transformers' own `UperNetForSemanticSegmentation`; its backbone is VMamba, which
+the `transformers_vmamba` package registers (`pip install transformers-vmamba`, then `import transformers_vmamba`
+before loading). No remote code is involved.
+
+```python
+import transformers_vmamba  # registers the VMamba backbone
+from transformers import pipeline
+
+segmenter = pipeline("image-segmentation", model="{model_id}")
+for segment in segmenter("image.jpg"):
+    print(segment["label"], segment["mask"].size)
+```
+
+```python
+import torch
+import transformers_vmamba
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+processor = AutoImageProcessor.from_pretrained("{model_id}")
+model = AutoModelForSemanticSegmentation.from_pretrained("{model_id}").eval()
+image = Image.open("image.jpg").convert("RGB")
+with torch.no_grad():
+    outputs = model(**processor(images=image, return_tensors="pt"))
+segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
+```
+
+The image processor reproduces the original ADE20K evaluation: resize keeping the aspect ratio so that the short
+side is 512 (the long side at most 2048), normalise with the ImageNet mean and standard deviation, run on the whole
+image; the logits are resized to the image's size."""

@@ -3,9 +3,10 @@
 
 Everything here works from the keys and shapes of the saved tensors: the config is inferred, checked against a
 released variant when one is named (or recognised by its file name), and every key must map (no missing, unexpected
-or mis-shaped keys). Classification checkpoints become `VMambaForImageClassification`; detection/segmentation
-checkpoints (mmdetection/mmsegmentation layout, backbone under ``backbone.``) become `VMambaBackbone`, their heads
-being skipped. Pickled checkpoints are untrusted, so they are only ever read with ``torch.load(weights_only=True)``;
+or mis-shaped keys). Classification checkpoints become `VMambaForImageClassification`; mmsegmentation UperNet
+checkpoints (``backbone.`` + a UPerHead ``decode_head.`` and an FCNHead ``auxiliary_head.``) become Transformers'
+`UperNetForSemanticSegmentation` with a `VMambaBackbone`; other detection/segmentation checkpoints
+(mmdetection/mmsegmentation layout, backbone under ``backbone.``) become `VMambaBackbone`, their heads being skipped. Pickled checkpoints are untrusted, so they are only ever read with ``torch.load(weights_only=True)``;
 classes pickled next to the weights (the yacs config of the released files) are replaced by inert stand-ins instead
 of being imported. This module owns every fact about original checkpoints; ``vmamba-convert`` is a shell over it.
 """
@@ -22,12 +23,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
+from transformers import UperNetConfig, UperNetForSemanticSegmentation
 from transformers.utils import logging
 
 from .configuration_vmamba import ARCHITECTURE_FIELDS, VARIANTS, VMambaConfig
-from .labels import imagenet1k_labels, label_fields
+from .labels import ade20k_labels, imagenet1k_labels, label_fields
 from .modeling_vmamba import VMambaBackbone, VMambaForImageClassification
-from .released_models import RELEASED_MODELS, ReleasedModel, find_release
+from .released_models import (
+    RELEASED_MODELS,
+    RELEASED_SEGMENTATION_MODELS,
+    ReleasedModel,
+    ReleasedSegmentationModel,
+    find_release,
+)
+from .upernet_checkpoint import head_key, infer_upernet_fields, is_upernet_checkpoint, original_head_key
 
 
 logger = logging.get_logger(__name__)
@@ -417,11 +426,30 @@ class CheckpointKind:
     head_fields: tuple[str, ...]  # config fields read from the head, kept when the trunk is a released variant
 
 
+def _segmentor_key(key: str) -> str | None:
+    """A (normalized) key of a whole mmseg UperNet checkpoint -> `UperNetForSemanticSegmentation` key."""
+    if key.startswith(DETECTION_BACKBONE_PREFIX):
+        inner = _backbone_key(key[len(DETECTION_BACKBONE_PREFIX) :])
+        return None if inner is None else DETECTION_BACKBONE_PREFIX + inner
+    return head_key(key)
+
+
+def _original_segmentor_key(key: str, downsample_type: str | None = None) -> str | None:
+    if key.startswith(DETECTION_BACKBONE_PREFIX):
+        inner = _original_backbone_key(key[len(DETECTION_BACKBONE_PREFIX) :], downsample_type)
+        return None if inner is None else DETECTION_BACKBONE_PREFIX + inner
+    return original_head_key(key)
+
+
 CHECKPOINT_KINDS = {
     "classifier": CheckpointKind(
         "classifier", VMambaForImageClassification, map_original_key, _original_classifier_key, ("num_labels",)
     ),
     "backbone": CheckpointKind("backbone", VMambaBackbone, _backbone_key, _original_backbone_key, ("out_features",)),
+    # a whole mmsegmentation UperNet: make_model takes an UperNetConfig whose backbone_config is the VMambaConfig
+    "segmentor": CheckpointKind(
+        "segmentor", UperNetForSemanticSegmentation, _segmentor_key, _original_segmentor_key, ("out_features",)
+    ),
 }
 
 
@@ -435,8 +463,14 @@ def checkpoint_kind(state_dict: Mapping[str, torch.Tensor]) -> CheckpointKind:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _is_batch_norm_counter(key: str, tensor: torch.Tensor) -> bool:
+    """BatchNorm's ``num_batches_tracked``: the one integer tensor a checkpoint (of a segmentor's heads) may hold."""
+    return key.endswith(".num_batches_tracked") and tensor.ndim == 0 and not tensor.is_floating_point()
+
+
 def _check_stored_values(state_dict: Mapping[str, torch.Tensor], names: Mapping[str, str]) -> None:
-    """Every weight must be a dense floating-point tensor whose values the file really stores.
+    """Every weight must be a dense floating-point tensor (a BatchNorm counter an integer scalar) whose values the
+    file really stores.
 
     A crafted file can hold an expanded (stride-0) view of one value with a huge shape: shape inference would then
     build a model of that size from a few bytes. With this check the model can only be as large as the file.
@@ -447,7 +481,7 @@ def _check_stored_values(state_dict: Mapping[str, torch.Tensor], names: Mapping[
         if tensor.layout != torch.strided or tensor.is_meta:
             kind = "meta" if tensor.is_meta else str(tensor.layout).removeprefix("torch.")
             raise OriginalCheckpointError(f"{name} is a {kind} tensor; a checkpoint must store dense weights")
-        if not tensor.is_floating_point():
+        if not tensor.is_floating_point() and not _is_batch_norm_counter(key, tensor):
             raise OriginalCheckpointError(f"{name} has dtype {tensor.dtype}; weights must be floating point")
         size = tensor.numel() * tensor.element_size()
         storage = tensor.untyped_storage()
@@ -476,6 +510,8 @@ def _non_finite_report(
     """Name the first tensor with NaN or infinite values (as the model will hold them, in `dtype`)."""
     bad = []
     for key, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            continue  # a BatchNorm counter (only those pass _check_stored_values)
         narrowed = torch.finfo(tensor.dtype).max > torch.finfo(dtype).max
         count = int((~torch.isfinite(tensor.to(dtype) if narrowed else tensor)).sum())
         if count:
@@ -778,12 +814,21 @@ def _matching_variant(kwargs: dict) -> str | None:
     return None
 
 
-def _describe(config: VMambaConfig) -> str:
+def _describe(config: VMambaConfig | UperNetConfig) -> str:
+    if isinstance(config, UperNetConfig):
+        aux = (
+            f"an auxiliary head of {config.auxiliary_channels} channels" if config.use_auxiliary_head
+            else "no auxiliary head"
+        )
+        return (
+            f"an UperNet with decode head channels {config.hidden_size}, {config.num_labels} classes and {aux}, "
+            f"on {_describe(config.backbone_config)}"
+        )
     return f"a {config.family or 'custom'} model with hidden sizes {config.hidden_sizes} and depths {config.depths}"
 
 
-def _check_variant(config: VMambaConfig, release: ReleasedModel) -> None:
-    expected = VMambaConfig.from_variant(release.name)
+def _check_variant(config: VMambaConfig, release: ReleasedModel | ReleasedSegmentationModel) -> None:
+    expected = VMambaConfig.from_variant(release.variant)
     mismatches = [
         f"{field}: checkpoint has {getattr(config, field)!r} but {release.name} has {getattr(expected, field)!r}"
         for field in ARCHITECTURE_FIELDS
@@ -812,6 +857,7 @@ def _check_fits(kind: CheckpointKind, config: VMambaConfig, converted, origin, u
     one error names every missing, unexpected and mis-shaped key with the shape expected and found."""
     with torch.device("meta"):
         expected = {key: tuple(value.shape) for key, value in kind.make_model(config).state_dict().items()}
+    downsample_type = getattr(getattr(config, "backbone_config", None) or config, "downsample_type", None)
     missing = sorted(set(expected) - set(converted))
     unexpected = [file_name(key) for key in unknown]
     unexpected += [file_name(origin[key]) for key in sorted(set(converted) - set(expected))]
@@ -825,7 +871,7 @@ def _check_fits(kind: CheckpointKind, config: VMambaConfig, converted, origin, u
     problems = []
     if missing:
         in_file = [
-            f"{file_name(kind.to_original_key(key, config.downsample_type) or '?')} {expected[key]}" for key in missing
+            f"{file_name(kind.to_original_key(key, downsample_type) or '?')} {expected[key]}" for key in missing
         ]
         problems.append(
             f"missing keys {_listed(missing)} (in the checkpoint's names, with the shape expected: {_listed(in_file)})"
@@ -836,7 +882,8 @@ def _check_fits(kind: CheckpointKind, config: VMambaConfig, converted, origin, u
         more = f"; ... ({len(wrong)} in all)" if len(wrong) > 10 else ""
         problems.append("wrong shapes: " + "; ".join(wrong[:10]) + more)
     raise OriginalCheckpointError(
-        f"the checkpoint does not fit the VMamba model inferred from it ({_describe(config)}): " + "; ".join(problems)
+        f"the checkpoint does not fit the {'UperNet' if kind.name == 'segmentor' else 'VMamba'} model inferred from it "
+        f"({_describe(config)}): " + "; ".join(problems)
     )
 
 
@@ -845,15 +892,23 @@ def _check_fits(kind: CheckpointKind, config: VMambaConfig, converted, origin, u
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def released_model_for(variant: str | None, source: str | None) -> tuple[ReleasedModel | None, bool]:
+def released_model_for(
+    variant: str | None, source: str | None
+) -> tuple[ReleasedModel | ReleasedSegmentationModel | None, bool]:
     """The released model whose architecture the weights must have (the named `variant`, else the release that the
-    file `source` is, recognised by name or URL), and whether the file is the authors' release itself."""
-    if variant is not None and variant not in VARIANTS:
-        raise OriginalCheckpointError(f"unknown VMamba variant {variant!r}; known variants: {', '.join(VARIANTS)}")
+    file `source` is, recognised by name or URL), and whether the file is the authors' release itself.
+
+    `variant` is a VMamba variant (see `VARIANTS`) or a released segmentation model (``upernet-<variant>``)."""
+    if variant is not None and variant not in VARIANTS and variant not in RELEASED_SEGMENTATION_MODELS:
+        known = ", ".join([*VARIANTS, *RELEASED_SEGMENTATION_MODELS])
+        raise OriginalCheckpointError(f"unknown VMamba variant {variant!r}; known variants: {known}")
     recognised = find_release(source) if source else None
     if recognised is not None and variant is not None and recognised.name != variant:
         raise OriginalCheckpointError(f"{source} is the released file of {recognised.name}, not of {variant}")
-    release = RELEASED_MODELS.get(variant) if variant is not None else recognised
+    if variant is None:
+        release = recognised
+    else:
+        release = RELEASED_MODELS.get(variant) or RELEASED_SEGMENTATION_MODELS.get(variant)
     return release, recognised is not None
 
 
@@ -861,12 +916,38 @@ def released_model_for(variant: str | None, source: str | None) -> tuple[Release
 class ConvertedCheckpoint:
     """A converted model and the facts a caller reports about it (the converter writes them into the model card)."""
 
-    model: VMambaForImageClassification | VMambaBackbone
+    model: VMambaForImageClassification | VMambaBackbone | UperNetForSemanticSegmentation
     kind: str  # a key of CHECKPOINT_KINDS
     weights_key: str | None  # the checkpoint entry converted; None for a bare state dict
-    release: ReleasedModel | None  # the released architecture the weights were checked against
+    release: ReleasedModel | ReleasedSegmentationModel | None  # the released model the weights were checked against
     official: bool  # the file itself is recognised (by name or URL) as the authors' release
     skipped: dict[str, list[str]] = field(default_factory=dict)  # modules of a detection checkpoint left out
+
+
+# Keyword arguments of `from_original_checkpoint` that configure the UperNet rather than its VMamba backbone.
+UPERNET_OVERRIDES = ("id2label", "label2id", "pool_scales", "auxiliary_loss_weight", "loss_ignore_index")
+
+
+def _segmentor_config(heads, backbone: VMambaConfig, overrides: dict) -> UperNetConfig:
+    """The `UperNetConfig` of a whole mmseg UperNet: head sizes from the shapes, ADE20K class names for a 150-class
+    head (every released UperNet is an ADE20K model), mmseg's loss settings (ignore index 255, auxiliary weight 0.4
+    as in every released config)."""
+    try:
+        fields = infer_upernet_fields(
+            heads, backbone.hidden_sizes, pool_scales=overrides.get("pool_scales"), error=OriginalCheckpointError
+        )
+    except OriginalCheckpointError as error:
+        raise OriginalCheckpointError(f"the UperNet heads do not fit: {error}") from None
+    fields.update(auxiliary_loss_weight=0.4, loss_ignore_index=255)
+    if fields["num_labels"] == 150 and "id2label" not in overrides:
+        fields.update(label_fields(ade20k_labels()))
+    fields.update({key: value for key, value in overrides.items() if key != "pool_scales"})
+    if "id2label" in fields and "label2id" not in fields:
+        fields["label2id"] = {label: int(index) for index, label in fields["id2label"].items()}
+    try:
+        return UperNetConfig(backbone_config=backbone, **fields)
+    except (ValueError, TypeError) as error:
+        raise OriginalCheckpointError(f"the inferred UperNet configuration is invalid: {error}") from error
 
 
 def convert_original_checkpoint(
@@ -876,6 +957,7 @@ def convert_original_checkpoint(
     *,
     source: str | None = None,
     allow_non_finite: bool = False,
+    backbone_only: bool = False,
     **config_overrides,
 ) -> ConvertedCheckpoint:
     """`from_original_checkpoint`, also returning what was converted (see `ConvertedCheckpoint`).
@@ -897,32 +979,63 @@ def convert_original_checkpoint(
     state_dict, used_key = select_weights(
         checkpoint, weights_key, prefer=release.default_weights_key if release else None
     )
-    skipped, file_prefix = {}, ""
+    skipped, file_prefix, heads = {}, "", None
     detection = split_detection_state_dict(state_dict)
     if detection is not None:
-        (state_dict, skipped), file_prefix = detection, DETECTION_BACKBONE_PREFIX
-        if skipped:
+        (backbone_state_dict, skipped), file_prefix = detection, DETECTION_BACKBONE_PREFIX
+        if is_upernet_checkpoint(skipped) and not backbone_only:
+            # a whole UperNet: every other tensor must map onto its heads (others are reported as unexpected)
+            heads = {key: state_dict[key] for keys in skipped.values() for key in keys}
+            skipped = {}
+        elif skipped:
             summary = ", ".join(f"{module} ({len(keys)} tensors)" for module, keys in skipped.items())
+            reason = (
+                "backbone_only=True was given." if backbone_only
+                else "Only mmsegmentation UperNet checkpoints (with a UPerHead decode head) convert whole."
+            )
             logger.warning(
                 f"detection/segmentation checkpoint: converting only the VMamba backbone; skipped {summary}. "
-                "Decode/detection heads and necks are not converted."
+                f"Decode/detection heads and necks are not converted. {reason}"
             )
+        state_dict = backbone_state_dict
+    if isinstance(release, ReleasedSegmentationModel) and heads is None:
+        what = "a VMamba backbone only" if detection is not None else "a classifier"
+        raise OriginalCheckpointError(
+            f"{release.name} is a released UperNet segmentor, but the checkpoint converts to {what} "
+            "(no UPerHead decode_head.* tensors" + (", or backbone_only=True)" if backbone_only else ")")
+        )
     state_dict, names = _normalize(state_dict)
     names = {key: file_prefix + name for key, name in names.items()}
     _check_stored_values(state_dict, names)
+    upernet_overrides = {k: config_overrides.pop(k) for k in UPERNET_OVERRIDES if k in config_overrides and heads}
 
     config = infer_config_from_state_dict(state_dict)
     kind = checkpoint_kind(state_dict)
+    if heads is not None and kind.name != "backbone":
+        raise OriginalCheckpointError(
+            "the checkpoint has UperNet heads, but its backbone has no output norms backbone.outnorm<i>.* (expected "
+            "the original's segmentation backbone, Backbone_VSSM)"
+        )
     if release is not None:
         _check_variant(config, release)
         head = {name: getattr(config, name) for name in kind.head_fields}
-        config = VMambaConfig.from_variant(release.name, **{**head, **config_overrides})
+        config = VMambaConfig.from_variant(release.variant, **{**head, **config_overrides})
     elif config_overrides:
         config = infer_config_from_state_dict(state_dict, **config_overrides)
     if kind.name == "classifier" and config.num_labels == 1000 and "id2label" not in config_overrides:
         # every 1000-class original classifier is an ImageNet-1k model: name its classes
         for name, value in label_fields(imagenet1k_labels()).items():
             setattr(config, name, value)
+
+    if heads is not None:
+        _check_stored_values(heads, {key: key for key in heads})
+        kind = CHECKPOINT_KINDS["segmentor"]
+        # The UPerHead reads every stage (mmseg in_index 0..3): a stage without its output norm is a missing key.
+        config.out_features = [f"stage{index + 1}" for index in range(len(config.depths))]
+        config = _segmentor_config(heads, config, upernet_overrides)
+        names = {DETECTION_BACKBONE_PREFIX + key: name for key, name in names.items()} | {key: key for key in heads}
+        state_dict = {DETECTION_BACKBONE_PREFIX + key: tensor for key, tensor in state_dict.items()} | heads
+        file_prefix = ""
 
     converted, origin, unknown = _rename(state_dict, kind.to_transformers_key)
     _check_fits(kind, config, converted, origin, unknown, lambda key: names.get(key, file_prefix + key))
@@ -952,34 +1065,49 @@ def from_original_checkpoint(
     weights_key: str | None = None,
     *,
     allow_non_finite: bool = False,
+    backbone_only: bool = False,
     **config_overrides,
-) -> VMambaForImageClassification | VMambaBackbone:
+) -> VMambaForImageClassification | VMambaBackbone | UperNetForSemanticSegmentation:
     """Build a ready model (eval mode) from an original VMamba checkpoint.
 
-    A classification checkpoint gives a `VMambaForImageClassification` (a 1000-class one with the ImageNet-1k class
-    names as labels). A detection/segmentation checkpoint of
-    mmdetection/mmsegmentation (weights under ``state_dict``, backbone under ``backbone.`` with output norms
-    ``outnorm{i}``) gives a `VMambaBackbone` whose ``out_features`` are the stages with a norm; its other tensors
-    (``decode_head``, ``auxiliary_head``, ``neck``, ``rpn_head``, ``roi_head``, ...) are skipped with a warning
-    naming them: those heads are not converted.
+    - A classification checkpoint gives a `VMambaForImageClassification` (a 1000-class one with the ImageNet-1k
+      class names as labels).
+    - An mmsegmentation UperNet checkpoint (weights under ``state_dict``: ``backbone.*`` with output norms
+      ``outnorm{i}``, a UPerHead ``decode_head.*`` and an optional FCNHead ``auxiliary_head.*``, as the original's
+      released ADE20K models) gives Transformers' `UperNetForSemanticSegmentation` with a `VMambaBackbone`, every
+      head tensor (BatchNorm statistics included) mapped; a 150-class head gets the ADE20K class names.
+    - Any other mmdetection/mmsegmentation checkpoint (or a UperNet with ``backbone_only=True``) gives a
+      `VMambaBackbone` whose ``out_features`` are the stages with a norm; its other tensors (``decode_head``,
+      ``neck``, ``rpn_head``, ``roi_head``, ...) are skipped with a warning naming them.
 
     Args:
         path_or_state_dict: a ``.pth`` file of the original training code, a loaded checkpoint dict or a state dict.
-        variant: name of a released model (see `VARIANTS`) the weights must match; mismatches raise. A file named
-            like a released checkpoint is checked against that release without it.
+        variant: name of a released model (see `VARIANTS`, or a released segmentation model such as
+            ``upernet-vmamba-tiny-s2l5``) the weights must match; mismatches raise. A file named like a released
+            checkpoint is checked against that release without it.
         weights_key: which weights of the checkpoint to use; default ``model_ema`` when present, else ``model``,
             else ``state_dict`` (for a recognised release: the weights its published accuracy was measured with).
         allow_non_finite: convert weights with NaN or infinite values (with a warning) instead of refusing them.
-        config_overrides: extra `VMambaConfig` fields (e.g. ``id2label``, ``drop_path_rate``).
+        backbone_only: for a UperNet checkpoint, return only its `VMambaBackbone` (the heads are skipped).
+        config_overrides: extra config fields: `VMambaConfig` fields (e.g. ``drop_path_rate``, or ``id2label`` of a
+            classifier); for a UperNet, ``id2label``/``label2id``, ``pool_scales`` (needed when the decode head
+            does not have mmseg's four pool branches), ``auxiliary_loss_weight`` and ``loss_ignore_index`` go to
+            the `UperNetConfig`, everything else to its backbone.
     """
     return convert_original_checkpoint(
-        path_or_state_dict, variant, weights_key, allow_non_finite=allow_non_finite, **config_overrides
+        path_or_state_dict,
+        variant,
+        weights_key,
+        allow_non_finite=allow_non_finite,
+        backbone_only=backbone_only,
+        **config_overrides,
     ).model
 
 
 __all__ = [
     "CHECKPOINT_KINDS",
     "DETECTION_BACKBONE_PREFIX",
+    "UPERNET_OVERRIDES",
     "WEIGHTS_KEYS",
     "CheckpointKind",
     "ConvertedCheckpoint",
