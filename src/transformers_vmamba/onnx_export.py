@@ -1,0 +1,142 @@
+# Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
+"""ONNX export: an ONNX translation of the SS2D operator and ``export_onnx`` for whole models.
+
+``torch.onnx.export(..., dynamo=True)`` turns every ``torch.ops.vmamba.ss2d_scan`` node into standard ONNX
+operators through ``ss2d_scan_onnx`` (pass ``custom_translation_table=onnx_translation_table()``;
+``export_onnx`` does that for you). No custom ONNX operator is needed, so any ONNX runtime runs the result.
+
+How the scan is written in ONNX. The four routes are processed as two groups of two: the row routes (0, and 2 =
+route 0 reversed) and the column routes (1 and 3). Reversing a route is flipping both image axes, so each group is
+one tensor laid out as (steps, batch, lines, 2 routes, channels): for the row routes a line is an image row and the
+steps are its pixels; for the column routes a line is an image column. Within a line the recurrence
+``h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t`` runs as an ONNX ``Scan`` over the steps, vectorised over all lines
+at once; it is run twice: first from a zero state, giving each line's end state; a second ``Scan`` over the lines
+then carries the true state from line to line with the whole-line decay ``exp(A sum(delta))``; the first ``Scan``
+then runs again from those entry states and contracts with C. So a block costs 2 W + H loop steps for the rows and
+2 H + W for the columns instead of 4 H W, and only per-step and whole-line decays are formed (exactly the products
+of the step-by-step recurrence: nothing can overflow). The outputs are put back into the map (inverse transpose and
+flip) and summed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+_INSTALL_HINT = "pip install 'transformers-vmamba[onnx]'  (onnx, onnxscript; onnxruntime to run the result)"
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def _require_onnxscript():
+    """Import onnxscript and its IR, with an actionable error when they are missing."""
+    try:
+        import onnxscript
+        from onnxscript import ir
+    except ImportError as error:
+        raise ImportError(f"ONNX export of VMamba needs onnxscript and onnx: {_INSTALL_HINT}") from error
+    return onnxscript, ir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The translation of torch.ops.vmamba.ss2d_scan
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _ints(op, values: Sequence[int]):
+    return op.Constant(value_ints=list(values))
+
+
+def _flip_hw(op, value):
+    """Reverse axes 1 and 2 (height and width of a (B, H, W, ...) tensor): Slice with step -1."""
+    return op.Slice(value, _ints(op, [-1, -1]), _ints(op, [_INT64_MIN, _INT64_MIN]), _ints(op, [1, 2]), _ints(op, [-1, -1]))
+
+
+def _line_scans():
+    """{d_state is 1: the onnxscript function that runs a route pair's scans}; see ``_onnx_functions``."""
+    _require_onnxscript()
+    from . import _onnx_functions
+
+    return {True: _onnx_functions.lines_scan_product, False: _onnx_functions.lines_scan_contract}
+
+
+def _group_layout(op, value, routes, per_route: bool, columns: bool):
+    """(B, H, W, 4, F) (per-route input) or (B, H, W, F) (shared input) -> (steps, B, lines, 2, F) for the route
+    pair ``routes`` = (k, k + 2): the second route is the first reversed, i.e. read from the map flipped in H and W."""
+    if per_route:
+        first = op.Gather(value, _ints(op, [routes[0]]), axis=3)
+        second = op.Gather(value, _ints(op, [routes[1]]), axis=3)
+    else:
+        first = second = op.Unsqueeze(value, _ints(op, [3]))
+    pair = op.Concat(first, _flip_hw(op, second), axis=3)  # (B, H, W, 2, F)
+    # Row routes: steps along W, lines are rows. Column routes: steps along H, lines are columns.
+    return op.Transpose(pair, perm=[1, 0, 2, 3, 4] if columns else [2, 0, 1, 3, 4])
+
+
+def _group_unlayout(op, value, columns: bool):
+    """Inverse of ``_group_layout`` for an output (steps, B, lines, 2, C): the two routes' maps summed, (B, H, W, C)."""
+    pair = op.Transpose(value, perm=[1, 0, 2, 3, 4] if columns else [1, 2, 0, 3, 4])  # (B, H, W, 2, C)
+    first = op.Squeeze(op.Gather(pair, _ints(op, [0]), axis=3), _ints(op, [3]))
+    second = op.Squeeze(op.Gather(pair, _ints(op, [1]), axis=3), _ints(op, [3]))
+    return op.Add(first, _flip_hw(op, second))
+
+
+def _route_pair_scan(op, ir, x, dt, A, B, C, D, dt_bias, routes, columns, d_state, elem_type):
+    """y of routes ``routes`` = (k, k + 2), summed back into the (B, H, W, C) map."""
+    tag = "col" if columns else "row"
+    pick = _ints(op, list(routes))
+    x_g = _group_layout(op, x, routes, per_route=False, columns=columns)  # (T, B, K, 2, C)
+    dt_g = _group_layout(op, dt, routes, per_route=True, columns=columns)  # (T, B, K, 2, C)
+    B_g = _group_layout(op, B, routes, per_route=True, columns=columns)  # (T, B, K, 2, N)
+    C_g = _group_layout(op, C, routes, per_route=True, columns=columns)
+    A_g = op.Gather(A, pick, axis=0)  # (2, C, N)
+    D_g = op.Gather(D, pick, axis=0)  # (2, C)
+    bias_g = op.Gather(dt_bias, pick, axis=0)
+
+    delta = op.Softplus(op.Add(dt_g, bias_g))  # (T, B, K, 2, C)
+    delta_x = op.Mul(delta, x_g)
+    if d_state == 1:  # drop the state axis: (2, C, 1) -> (2, C); B, C (..., 2, 1) broadcast over the channels
+        A_g = op.Squeeze(A_g, _ints(op, [2]))
+        decay = op.Exp(op.Mul(delta, A_g))
+        increment = op.Mul(delta_x, B_g)
+        line_decay = op.Exp(op.Mul(op.ReduceSum(delta, _ints(op, [0]), keepdims=0), A_g))  # (B, K, 2, C)
+        C_step = C_g
+    else:
+        decay = op.Exp(op.Mul(op.Unsqueeze(delta, _ints(op, [5])), A_g))  # (T, B, K, 2, C, N)
+        increment = op.Mul(op.Unsqueeze(delta_x, _ints(op, [5])), op.Unsqueeze(B_g, _ints(op, [4])))
+        line_sum = op.Unsqueeze(op.ReduceSum(delta, _ints(op, [0]), keepdims=0), _ints(op, [4]))
+        line_decay = op.Exp(op.Mul(line_sum, A_g))  # (B, K, 2, C, N)
+        C_step = op.Unsqueeze(C_g, _ints(op, [4]))  # (T, B, K, 2, 1, N)
+
+    lines_scan = _line_scans()[d_state == 1]
+    y = lines_scan(decay, increment, C_step, line_decay)  # (T, B, K, 2, C)
+    y = op.Add(y, op.Mul(D_g, x_g))  # (T, B, K, 2, C)
+    return _group_unlayout(op, y, columns)
+
+
+def ss2d_scan_onnx(x, dt, A, B, C, D, dt_bias):
+    """ONNX translation of ``torch.ops.vmamba.ss2d_scan`` (a trace-only onnxscript function for
+    ``torch.onnx.export(..., custom_translation_table=...)``): same contract as the operator, standard ONNX ops
+    only (opset 18+), dynamic batch and map size."""
+    _, ir = _require_onnxscript()
+    from onnxscript import opset18 as op
+
+    inputs = (x, dt, A, B, C, D, dt_bias)
+    elem_type = ir.DataType.DOUBLE if any(v.dtype == ir.DataType.DOUBLE for v in inputs) else ir.DataType.FLOAT
+    x, dt, A, B, C, D, dt_bias = (v if v.dtype == elem_type else op.Cast(v, to=elem_type) for v in inputs)
+    d_state = A.shape[2] if A.shape is not None else None
+    if not isinstance(d_state, int):
+        raise ValueError("ss2d_scan ONNX translation: the state size (A.shape[2]) must be static")
+    rows = _route_pair_scan(op, ir, x, dt, A, B, C, D, dt_bias, (0, 2), False, d_state, elem_type)
+    columns = _route_pair_scan(op, ir, x, dt, A, B, C, D, dt_bias, (1, 3), True, d_state, elem_type)
+    return op.Add(rows, columns)
+
+
+def onnx_translation_table() -> dict:
+    """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)`` of any model using the SS2D op."""
+    _require_onnxscript()
+    return {torch.ops.vmamba.ss2d_scan.default: ss2d_scan_onnx}
