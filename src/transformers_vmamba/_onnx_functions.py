@@ -13,13 +13,13 @@ and returns y = sum_n C h, (steps, B, lines, 2, C). Three scans: every line from
 the line-to-line carry of the state (the state entering every line), every line again from its entry state.
 """
 
-from typing import TypeVar
+from typing import TypeVar, Union
 
 from onnxscript import DOUBLE, FLOAT, graph, script
 from onnxscript import opset18 as op
 
 
-TFloat = TypeVar("TFloat", FLOAT, DOUBLE)
+TFloat = TypeVar("TFloat", bound=Union[FLOAT, DOUBLE])  # noqa: UP007 (onnxscript reads typing.Union)
 
 
 @script()

@@ -140,3 +140,99 @@ def onnx_translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)`` of any model using the SS2D op."""
     _require_onnxscript()
     return {torch.ops.vmamba.ss2d_scan.default: ss2d_scan_onnx}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole models
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _output_names(outputs) -> list[str]:
+    """ONNX output names in torch.export's flattening order of a ModelOutput: its non-None fields, tuples of
+    tensors as name_0, name_1, ..."""
+    names = []
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            names.append(key)
+        elif isinstance(value, (tuple, list)):
+            names += [f"{key}_{index}" for index in range(len(value))]
+    return names
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    image_size: int | tuple[int, int] = 224,
+    batch_size: int = 1,
+    dynamic: bool = True,
+    opset_version: int | None = None,
+    min_image_size: int = 64,
+    max_image_size: int = 4096,
+    check: bool = True,
+) -> Path:
+    """Export a VMamba model (``VMambaForImageClassification``, ``VMambaModel`` or ``VMambaBackbone``) to one ONNX
+    file with ``torch.onnx.export(..., dynamo=True)`` and the SS2D translation; returns the file's path.
+
+    The model is traced in eval mode at ``batch_size`` x ``image_size`` (an int or (height, width)) in its
+    parameters' dtype. With ``dynamic`` (default) the batch size and the image height and width are dynamic (images
+    from ``min_image_size`` to ``max_image_size`` pixels a side: below 64 the last stage's map would be 1 pixel,
+    which torch.export specialises), else the file serves only the traced shape. The input is ``pixel_values``
+    (batch, channels, height, width); the outputs are the model output's fields (``logits`` for classification;
+    ``last_hidden_state`` and ``pooler_output``; or ``feature_maps_0``...). ``check`` runs ``onnx.checker`` on the
+    result. The model runs anywhere ONNX runs: the scan is written with standard ONNX operators (``Scan``), no
+    custom operator. Needs ``onnx`` and ``onnxscript`` (``pip install 'transformers-vmamba[onnx]'``).
+    """
+    _require_onnxscript()
+    try:
+        import onnx
+    except ImportError as error:  # onnxscript depends on onnx, but say what to install all the same
+        raise ImportError(f"ONNX export of VMamba needs onnx: {_INSTALL_HINT}") from error
+    from torch.export import Dim
+
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if dynamic and not (min_image_size <= min(height, width) and max(height, width) <= max_image_size):
+        raise ValueError(f"image_size {image_size} is outside [min_image_size, max_image_size] = "
+                         f"[{min_image_size}, {max_image_size}]")
+    if min_image_size < 64 and dynamic:
+        raise ValueError("min_image_size must be at least 64 for a dynamic export (the last stage's map must be "
+                         "at least 2x2)")
+    parameter = next(model.parameters())
+    num_channels = getattr(getattr(model, "config", None), "num_channels", 3)
+    example = torch.randn(batch_size, num_channels, height, width, dtype=parameter.dtype, device=parameter.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output_names = _output_names(model(example))
+        dynamic_shapes = None
+        if dynamic:
+            dims = {
+                0: Dim("batch", min=1, max=4096),
+                2: Dim("height", min=min_image_size, max=max_image_size),
+                3: Dim("width", min=min_image_size, max=max_image_size),
+            }
+            dynamic_shapes = {"pixel_values": dims}
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            custom_translation_table=onnx_translation_table(),
+            dynamic_shapes=dynamic_shapes,
+            input_names=["pixel_values"],
+            output_names=output_names,
+            opset_version=opset_version,
+            verbose=False,
+        )
+    finally:
+        model.train(was_training)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One self-contained file up to ONNX's 2 GB protobuf limit; weights beside it (path.data) above that.
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    program.save(path, external_data=size > 1.8 * 2**30)
+    if check:
+        onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+__all__ = ["export_onnx", "onnx_translation_table", "ss2d_scan_onnx"]
