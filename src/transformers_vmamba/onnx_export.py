@@ -173,8 +173,8 @@ def export_onnx(
     """Export a VMamba model (``VMambaForImageClassification``, ``VMambaModel`` or ``VMambaBackbone``) to one ONNX
     file with ``torch.onnx.export(..., dynamo=True)`` and the SS2D translation; returns the file's path.
 
-    The model is traced in eval mode at ``batch_size`` x ``image_size`` (an int or (height, width)) in its
-    parameters' dtype. With ``dynamic`` (default) the batch size and the image height and width are dynamic (images
+    The model is traced in eval mode at ``batch_size`` (at least 2 when dynamic) x ``image_size`` (an int or
+    (height, width)) in its parameters' dtype. With ``dynamic`` (default) the batch size and the image height and width are dynamic (images
     from ``min_image_size`` to ``max_image_size`` pixels a side: below 64 the last stage's map would be 1 pixel,
     which torch.export specialises), else the file serves only the traced shape. The input is ``pixel_values``
     (batch, channels, height, width); the outputs are the model output's fields (``logits`` for classification;
@@ -198,6 +198,8 @@ def export_onnx(
                          "at least 2x2)")
     parameter = next(model.parameters())
     num_channels = getattr(getattr(model, "config", None), "num_channels", 3)
+    if dynamic:  # torch.export specialises a dimension whose example size is 0 or 1
+        batch_size = max(batch_size, 2)
     example = torch.randn(batch_size, num_channels, height, width, dtype=parameter.dtype, device=parameter.device)
     was_training = model.training
     model.eval()
