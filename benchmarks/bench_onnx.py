@@ -30,7 +30,6 @@ import torch
 
 from transformers_vmamba import VMambaConfig, VMambaForImageClassification, export_onnx
 
-
 VARIANT = "vmamba-tiny-s1l8"
 
 
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         rounds = {b: (3 if args.quick else 15) if b == 1 else (2 if args.quick else 6) for b in batches}
         rows = run(path, model, batches, threads, rounds, warmup=1 if args.quick else 2)
     info = dict(
-        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         cpu=platform.processor() or platform.machine(),
         onnxruntime=onnxruntime.__version__,
         onnx=onnx.__version__,
