@@ -82,14 +82,15 @@ def scan_inputs(batch, height, width, channels, d_state, generator):
     )
 
 
-@pytest.mark.parametrize("d_state", [1, 16])
-def test_op_translation_matches_the_reference(tmp_path, d_state):
-    """One file with dynamic batch and map size: H != W both ways, odd sizes, square, batch 1 and 3."""
+@pytest.mark.parametrize(("d_state", "dtype"), [(1, torch.float32), (16, torch.float32), (16, torch.float64)])
+def test_op_translation_matches_the_reference(tmp_path, d_state, dtype):
+    """One file with dynamic batch and map size: H != W both ways, odd sizes, square, batch 1 and 3. float64
+    inputs are scanned in float64, as by the operator."""
     generator = torch.Generator().manual_seed(d_state)
     batch, height, width = Dim("batch"), Dim("height", min=2), Dim("width", min=2)
     mapped = {0: batch, 1: height, 2: width}
     dynamic_shapes = (mapped, mapped, None, mapped, mapped, None, None)
-    example = scan_inputs(2, 5, 7, 6, d_state, generator)
+    example = tuple(t.to(dtype) for t in scan_inputs(2, 5, 7, 6, d_state, generator))
     program = torch.onnx.export(
         ScanOnly(), example, dynamo=True, custom_translation_table=onnx_translation_table(),
         dynamic_shapes=dynamic_shapes, verbose=False,
@@ -105,11 +106,12 @@ def test_op_translation_matches_the_reference(tmp_path, d_state):
     run = session(path)
     names = [argument.name for argument in run.get_inputs()]
     for shape in ((2, 5, 7), (1, 9, 4), (3, 6, 6), (1, 3, 11)):
-        inputs = scan_inputs(*shape, 6, d_state, generator)
+        inputs = tuple(t.to(dtype) for t in scan_inputs(*shape, 6, d_state, generator))
         got = run.run(None, dict(zip(names, (t.numpy() for t in inputs))))[0]
         expected = ss2d_reference(*(t.double() for t in inputs))
         assert got.shape == tuple(expected.shape)
-        assert max_abs(got, expected) < TOLERANCE, shape
+        assert got.dtype == (np.float64 if dtype == torch.float64 else np.float32)
+        assert max_abs(got, expected) < (1e-10 if dtype == torch.float64 else TOLERANCE), shape
 
 
 # ---------------------------------------------------------------------------------------------------------------
