@@ -21,6 +21,7 @@ from transformers.utils import is_torchvision_available
 
 from .configuration_vmamba import VARIANTS, VMambaConfig
 from .modeling_vmamba import VMambaBackbone, VMambaForImageClassification, VMambaModel, VMambaPreTrainedModel
+from .onnx_export import export_onnx
 from .original_checkpoint import (
     OriginalCheckpointError,
     convert_original_state_dict,
@@ -137,6 +138,7 @@ __all__ = [
     "VMambaPreTrainedModel",
     "convert_original_state_dict",
     "default_image_processor",
+    "export_onnx",
     "from_original_checkpoint",
     "infer_config_from_state_dict",
     "load_original_checkpoint",
