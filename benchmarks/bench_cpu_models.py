@@ -42,6 +42,7 @@ from transformers import AutoModelForImageClassification, ConvNextConfig, SwinCo
 
 from transformers_vmamba import VMambaConfig
 
+
 BASELINES = ("Swin-T", "ConvNeXt-T")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from transformers_vmamba.selective_scan import (  # noqa: E402
     selective_scan_chunked,

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageClassification, ConvNextConfig, SwinConfig
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu_models import _proc_status_kib, load_average, machine_info, write_atomic  # noqa: E402
 

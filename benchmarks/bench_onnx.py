@@ -30,6 +30,7 @@ import torch
 
 from transformers_vmamba import VMambaConfig, VMambaForImageClassification, export_onnx
 
+
 VARIANT = "vmamba-tiny-s1l8"
 
 
@@ -118,9 +119,14 @@ def markdown(rows: list[dict], info: dict) -> str:
         f"torch eager SS2D scan backend: {info['backend']}. onnxruntime runs the exported file (standard ONNX "
         "operators; the scan is ONNX `Scan` loops over image lines), CPUExecutionProvider, default graph "
         "optimisations. "
-        + (f"Export took {info['export_s']:.0f} s." if info["export_s"] else "The file was exported beforehand (--onnx)."),
+        + (
+            f"Export took {info['export_s']:.0f} s."
+            if info["export_s"]
+            else "The file was exported beforehand (--onnx)."
+        ),
         "",
-        "| threads | batch | onnxruntime (ms) | torch eager (ms) | onnxruntime / torch | max abs diff (logits) | rounds |",
+        "| threads | batch | onnxruntime (ms) | torch eager (ms) | onnxruntime / torch | max abs diff (logits) "
+        "| rounds |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:

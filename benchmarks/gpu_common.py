@@ -67,7 +67,7 @@ def copy_bandwidth_gbs(n_bytes: int = 1 << 30) -> float:
     src = torch.empty(n_bytes // 4, device="cuda", dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
     stats = cuda_time_ms(lambda: dst.copy_(src), warmup=5, repeats=20)
-    del src, dst
+    src = dst = None  # free both before empty_cache
     torch.cuda.empty_cache()
     return 2 * n_bytes / (stats["median_ms"] * 1e-3) / 1e9
 
@@ -81,18 +81,24 @@ def environment() -> dict:
     props = torch.cuda.get_device_properties(0)
     try:
         driver = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         driver = "unknown (nvidia-smi not found)"
     return {
-        "device": f"{props.name} ({props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, sm_{props.major}{props.minor})",
+        "device": (
+            f"{props.name} ({props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, "
+            f"sm_{props.major}{props.minor})"
+        ),
         "driver": driver or "unknown",
         "cuda": torch.version.cuda,
         "torch": torch.__version__,
         "triton": sys.modules["triton"].__version__,
         "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
     }
 

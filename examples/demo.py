@@ -21,11 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+
 EXAMPLES_DIR = Path(__file__).resolve().parent
 if str(EXAMPLES_DIR) not in sys.path:
     sys.path.insert(0, str(EXAMPLES_DIR))
 
 from digits_dataset import write_digits_imagefolder  # noqa: E402
+
 
 # The vmamba-tiny-s1l8 block design (d_state 1, ssm_ratio 1, MLP, conv downsampling), made small enough to
 # train on two CPU cores in minutes: ~0.2M parameters instead of 30M.
@@ -143,7 +145,9 @@ def main() -> None:
     start = time.perf_counter()
     print(f"Fine-tuning a small {DEMO_VARIANT} VMamba {DEMO_CONFIG_OVERRIDES} from scratch on sklearn's digits "
           f"({DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE} RGB, 1437 train / 360 test images)...", flush=True)
-    result = run_demo(args.output_dir, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+    result = run_demo(
+        args.output_dir, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate
+    )
 
     print(f"\nTest accuracy: {result['accuracy']:.1%} (chance: 10%) after {result['train_seconds']:.0f} s of "
           "training and evaluation")

@@ -22,6 +22,7 @@ from PIL import Image
 
 from transformers_vmamba.atomic_folder import sigterm_as_exit, write_folder_atomically
 
+
 # Hidden, so that the imagefolder builder does not treat it as data or metadata.
 MARKER_FILE = ".digits_imagefolder.json"
 FORMAT_VERSION = 1
@@ -73,7 +74,9 @@ def write_digits_imagefolder(
             "choose another folder or pass overwrite=True"
         )
     if root.is_dir() and any(root.iterdir()) and not marker.is_file():
-        raise ValueError(f"{root} exists and is not a digits image folder written by this script; refusing to touch it")
+        raise ValueError(
+            f"{root} exists and is not a digits image folder written by this script; refusing to touch it"
+        )
 
     digits = load_digits()
     indices = np.arange(len(digits.target))

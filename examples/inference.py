@@ -18,13 +18,16 @@ import sys
 
 from transformers import pipeline
 
+
 try:  # registers VMamba locally; without the package, folders with remote code need --trust_remote_code
     import transformers_vmamba  # noqa: F401
 except ImportError:
     pass
 
 
-def classify(model: str, images: list[str], top_k: int = 5, device: str | None = None, trust_remote_code: bool = False):
+def classify(
+    model: str, images: list[str], top_k: int = 5, device: str | None = None, trust_remote_code: bool = False
+):
     """Returns, per image, a list of {"label", "score"} dicts, best first."""
     if model.startswith("~"):
         model = os.path.expanduser(model)

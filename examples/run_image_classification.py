@@ -14,7 +14,8 @@ Examples::
     # random init from a variant name, shrunk for a small dataset, on the offline digits
     python examples/digits_dataset.py /tmp/digits
     python examples/run_image_classification.py --model_name_or_path vmamba-tiny-s1l8 \\
-        --config_overrides '{"depths": [1, 1, 2, 1], "hidden_sizes": [32, 48, 64, 96]}' --image_size 32 --crop_pct 1.0 --random_flip false \\
+        --config_overrides '{"depths": [1, 1, 2, 1], "hidden_sizes": [32, 48, 64, 96]}' \\
+        --image_size 32 --crop_pct 1.0 --random_flip false \\
         --train_dir /tmp/digits/train --validation_dir /tmp/digits/test --output_dir ./out \\
         --do_train --do_eval --num_train_epochs 3 --learning_rate 2e-3
 
@@ -51,6 +52,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import transformers_vmamba  # registers VMamba with the Auto classes
 
+
 logger = logging.getLogger(__name__)
 
 SMALL_MODEL_PARAMETERS = 5_000_000
@@ -64,8 +66,8 @@ class ModelArguments:
     model_name_or_path: str = field(
         default="vmamba-tiny-s1l8",
         metadata={
-            "help": "A model folder (e.g. a converted original checkpoint) or Hub id to fine-tune, or a VMamba variant "
-            "name (e.g. 'vmamba-tiny-s1l8', 'vanilla-vmamba-tiny') to train from random initialisation."
+            "help": "A model folder (e.g. a converted original checkpoint) or Hub id to fine-tune, or a VMamba "
+            "variant name (e.g. 'vmamba-tiny-s1l8', 'vanilla-vmamba-tiny') to train from random initialisation."
         },
     )
     config_overrides: str | None = field(

@@ -70,6 +70,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import transformers_vmamba  # registers VMamba with the Auto classes
 
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
@@ -80,7 +81,9 @@ DIGIT_LABELS = ["background"] + [f"digit {digit}" for digit in range(10)]
 class ModelArguments:
     model_name_or_path: str = field(
         default="vmamba-tiny-s1l8",
-        metadata={"help": "A converted UperNet folder, a VMamba classifier/backbone folder, or a VMamba variant name."},
+        metadata={
+            "help": "A converted UperNet folder, a VMamba classifier/backbone folder, or a VMamba variant name."
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -88,7 +91,9 @@ class ModelArguments:
     )
     decode_head_channels: int = field(default=512, metadata={"help": "UPerHead channels of a new UperNet."})
     auxiliary_channels: int = field(default=256, metadata={"help": "FCNHead channels of a new UperNet."})
-    auxiliary_loss_weight: float = field(default=0.4, metadata={"help": "Weight of the auxiliary loss (original: 0.4)."})
+    auxiliary_loss_weight: float = field(
+        default=0.4, metadata={"help": "Weight of the auxiliary loss (original: 0.4)."}
+    )
     image_size: int | None = field(
         default=None,
         metadata={"help": "Train crop side and evaluation size (square). Default: the original's ADE20K evaluation "
@@ -134,7 +139,8 @@ def digits_segmentation_dataset(image_size: int = 64, seed: int = 0, limit: int 
     Each 8x8 digit (ink 0..16) is upscaled bicubically to 3/4 of `image_size` and pasted at a random position on a
     white `image_size` square; pixels whose upscaled ink exceeds 8 are labelled ``digit + 1``, all others 0.
     """
-    from datasets import Dataset, DatasetDict, Features, Image as ImageFeature
+    from datasets import Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -234,7 +240,7 @@ def reduce_labels(label: np.ndarray) -> np.ndarray:
 def make_batch_transform(transform, image_column: str, label_column: str):
     def apply(batch):
         pairs = [transform(image, label) for image, label in zip(batch[image_column], batch[label_column])]
-        return {"pixel_values": [p for p, _ in pairs], "labels": [l for _, l in pairs]}
+        return {"pixel_values": [p for p, _ in pairs], "labels": [label for _, label in pairs]}
 
     return apply
 
@@ -398,7 +404,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     label_names = parse_json(data_args.class_names, "--class_names", list)
     if data_args.dataset_name is None:
-        dataset = digits_segmentation_dataset(model_args.image_size or 64, training_args.seed, data_args.digits_samples)
+        dataset = digits_segmentation_dataset(
+            model_args.image_size or 64, training_args.seed, data_args.digits_samples
+        )
         label_names = label_names or DIGIT_LABELS
     else:
         from datasets import load_dataset

@@ -100,8 +100,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def http_server(tmp_path_factory):
+@pytest.fixture(scope="module", name="http_server")
+def http_server_fixture(tmp_path_factory):
     """(served folder, base URL, list of requested paths) of a loopback HTTP server."""
     root = tmp_path_factory.mktemp("served")
     requests = []

@@ -182,17 +182,18 @@ def test_concrete_class_round_trip(tmp_path):
 def test_classifier_weights_initialise_a_backbone(tmp_path):
     """An ImageNet classifier folder (e.g. a converted release) loads into VMambaBackbone: the trunk is shared, the
     classifier and final norm are dropped, and the output norms start as (1, 0)."""
-    from transformers_vmamba import VMambaForImageClassification
-
     from transformers.testing_utils import CaptureLogger
     from transformers.utils import logging
+
+    from transformers_vmamba import VMambaForImageClassification
 
     classifier = VMambaForImageClassification(tiny_config("vmamba-tiny-s2l5")).eval()
     classifier.save_pretrained(tmp_path)
     package_logger = logging.get_logger("transformers_vmamba.modeling_vmamba")
     package_logger.setLevel("INFO")
     try:
-        with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as report, CaptureLogger(package_logger) as note:
+        transformers_logger = logging.get_logger("transformers.modeling_utils")
+        with CaptureLogger(transformers_logger) as report, CaptureLogger(package_logger) as note:
             backbone = VMambaBackbone.from_pretrained(tmp_path, out_features=FOUR_STAGES).eval()
     finally:
         package_logger.setLevel("NOTSET")
@@ -331,7 +332,8 @@ def test_upernet_config_dict_and_checkpoint_round_trip(tmp_path):
     randomize_norms(model.backbone)
     rebuilt = UperNetConfig.from_dict(model.config.to_dict())
     assert type(rebuilt.backbone_config) is VMambaConfig
-    assert rebuilt.backbone_config.out_features == FOUR_STAGES and rebuilt.backbone_config.hidden_sizes == [8, 16, 24, 32]
+    assert rebuilt.backbone_config.out_features == FOUR_STAGES
+    assert rebuilt.backbone_config.hidden_sizes == [8, 16, 24, 32]
     model.save_pretrained(tmp_path)
     loaded = UperNetForSemanticSegmentation.from_pretrained(tmp_path).eval()
     pixel_values = torch.randn(1, 3, 32, 40)
@@ -417,7 +419,8 @@ def test_out_features_follow_the_outnorms():
     state_dict = select_weights(load_original_checkpoint(fixture_checkpoint()))[0]
     partial = {k: v for k, v in state_dict.items() if not k.startswith("backbone.outnorm0.")}
     model = from_original_checkpoint(partial)
-    assert model.out_features == ["stage2", "stage3", "stage4"] and sorted(model.hidden_states_norms) == FOUR_STAGES[1:]
+    assert model.out_features == ["stage2", "stage3", "stage4"]
+    assert sorted(model.hidden_states_norms) == FOUR_STAGES[1:]
     # the stem has no norm, so it can be added on top of the converted stages
     with_stem = from_original_checkpoint(partial, out_features=["stem", "stage2", "stage3", "stage4"])
     assert with_stem.out_features == ["stem", "stage2", "stage3", "stage4"]

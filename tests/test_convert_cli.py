@@ -24,7 +24,7 @@ from conversion_helpers import (
     FIXTURES,
     cli_env,
     fixture_config,
-    http_server,  # noqa: F401 - a fixture
+    http_server_fixture,  # noqa: F401 - the http_server fixture
     load_inputs,
     manifest_state_dict,
     plain_fixture_state_dict,
@@ -99,9 +99,10 @@ def converted_fixtures(tmp_path_factory, http_server):
 
 @pytest.mark.parametrize("name,key", FIXTURE_CASES)
 def test_cli_converts_fixture_and_reproduces_original_logits(converted_fixtures, name, key):
-    import transformers_vmamba  # noqa: F401  (registers the local classes)
     from safetensors.torch import load_file
     from transformers import AutoModelForImageClassification
+
+    import transformers_vmamba  # noqa: F401  (registers the local classes)
 
     output, result = converted_fixtures[(name, key)]
     assert result.returncode == 0, result.stderr
@@ -174,8 +175,9 @@ def check_pipeline_agrees_with_model(folder: Path, top_k: int = 3) -> list[dict]
 
     The saved processor crops 224x224 (checked); the model runs on a 64x64 crop of the same photo to keep CPU time
     small, through the same processor class with only the size changed."""
-    import transformers_vmamba  # noqa: F401
     from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    import transformers_vmamba  # noqa: F401
 
     image = real_image()
     saved = AutoImageProcessor.from_pretrained(folder)
@@ -307,6 +309,7 @@ def converted_backbone_folder(tmp_path_factory):
 
 def test_cli_converts_backbone_checkpoint_and_reproduces_original_feature_maps(converted_backbone_folder):
     from safetensors.torch import load_file
+
     from transformers_vmamba import VMambaBackbone
 
     output, result = converted_backbone_folder

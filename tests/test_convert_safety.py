@@ -21,7 +21,7 @@ from conversion_helpers import (
     assert_clean_failure,
     cli_env,
     error_lines,
-    http_server,  # noqa: F401 - a fixture
+    http_server_fixture,  # noqa: F401 - the http_server fixture
     plain_fixture_state_dict,
     run_cli,
     run_in_process,
@@ -131,8 +131,8 @@ BAD_INPUTS = {
     # damaged weights: the message names the key(s) and the shapes
     "missing key": lambda tmp: (
         ["--checkpoint", _changed(tmp, "missing", _drop("layers.2.blocks.1.op.Ds"), V0)],
-        r"missing keys \['vmamba\.encoder\.stages\.2\.layers\.1\.ssm\.D'\] \(in the checkpoint's names, with the shape "
-        r"expected: \['layers\.2\.blocks\.1\.op\.Ds \(1024,\)'\]\)",
+        r"missing keys \['vmamba\.encoder\.stages\.2\.layers\.1\.ssm\.D'\] \(in the checkpoint's names, with the "
+        r"shape expected: \['layers\.2\.blocks\.1\.op\.Ds \(1024,\)'\]\)",
     ),
     "extra key": lambda tmp: (
         ["--checkpoint", _changed(tmp, "extra", _add("layers.0.blocks.0.op.surprise", torch.zeros(3)))],
@@ -140,8 +140,8 @@ BAD_INPUTS = {
     ),
     "removed fc1": lambda tmp: (
         ["--checkpoint", _changed(tmp, "nofc1", _drop("layers.0.blocks.0.mlp.fc1.weight"))],
-        r"missing keys \['vmamba\.encoder\.stages\.0\.layers\.0\.mlp\.fc1\.weight'\] .*layers\.0\.blocks\.0\.mlp\.fc1\.weight "
-        r"\(64, 16\)",
+        r"missing keys \['vmamba\.encoder\.stages\.0\.layers\.0\.mlp\.fc1\.weight'\] "
+        r".*layers\.0\.blocks\.0\.mlp\.fc1\.weight \(64, 16\)",
     ),
     "transposed fc1": lambda tmp: (
         ["--checkpoint", _changed(tmp, "fc1t", _set("layers.0.blocks.0.mlp.fc1.weight", lambda w: w.t().clone()))],
@@ -192,8 +192,8 @@ BAD_INPUTS = {
     "backbone missing key": lambda tmp: (
         ["--checkpoint",
          write_checkpoint(tmp / "bb_missing.pth", **_backbone_with(_drop("backbone.layers.2.blocks.1.op.Ds")))],
-        r"missing keys \['encoder\.stages\.2\.layers\.1\.ssm\.D'\] \(in the checkpoint's names, with the shape expected: "
-        r"\['backbone\.layers\.2\.blocks\.1\.op\.Ds \(512,\)'\]\)",
+        r"missing keys \['encoder\.stages\.2\.layers\.1\.ssm\.D'\] \(in the checkpoint's names, with the shape "
+        r"expected: \['backbone\.layers\.2\.blocks\.1\.op\.Ds \(512,\)'\]\)",
     ),
     "backbone extra key": lambda tmp: (
         ["--checkpoint", write_checkpoint(tmp / "bb_extra.pth", **_backbone_with(

@@ -16,12 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import digits_dataset  # noqa: E402
 import run_image_classification  # noqa: E402
+
 
 TINY_OVERRIDES = {"depths": [1, 1, 1, 1], "hidden_sizes": [16, 24, 32, 48], "drop_path_rate": 0.0}
 IMAGE_SIZE = 32

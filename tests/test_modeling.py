@@ -100,7 +100,8 @@ def test_mixer_equals_the_original_formulation(variant, backend, monkeypatch):
 def test_scan_keeps_float32_under_half_precision_inputs(tmp_path):
     from transformers_vmamba.ss2d import ss2d_scan
 
-    x, dt, B, C = (torch.randn(shape).to(torch.bfloat16) for shape in ((1, 3, 4, 2), (1, 3, 4, 4, 2), (1, 3, 4, 4, 1), (1, 3, 4, 4, 1)))
+    shapes = ((1, 3, 4, 2), (1, 3, 4, 4, 2), (1, 3, 4, 4, 1), (1, 3, 4, 4, 1))
+    x, dt, B, C = (torch.randn(shape).to(torch.bfloat16) for shape in shapes)
     A, D, bias = -torch.ones(4, 2, 1), torch.ones(4, 2), torch.zeros(4, 2)
     assert ss2d_scan(x, dt, A, B, C, D, bias).dtype == torch.float32
     VMambaForImageClassification(tiny_config()).save_pretrained(tmp_path)

@@ -13,20 +13,22 @@ import pytest
 import torch
 from conftest import FAMILIES, tiny_config
 
+
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
-from torch.export import Dim
+from torch.export import Dim  # noqa: E402
 
-from transformers_vmamba import (
+from transformers_vmamba import (  # noqa: E402
     VMambaBackbone,
     VMambaForImageClassification,
     default_image_processor,
     export_onnx,
 )
-from transformers_vmamba.onnx_export import onnx_translation_table
-from transformers_vmamba.selective_scan import ss2d_reference
+from transformers_vmamba.onnx_export import onnx_translation_table  # noqa: E402
+from transformers_vmamba.selective_scan import ss2d_reference  # noqa: E402
+
 
 TOLERANCE = 1e-4
 

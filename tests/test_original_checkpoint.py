@@ -305,8 +305,8 @@ DAMAGED = {
     ),
     "removed fc1": (
         _without("layers.0.blocks.0.mlp.fc1.weight"),
-        r"missing keys \['vmamba\.encoder\.stages\.0\.layers\.0\.mlp\.fc1\.weight'\] \(in the checkpoint's names, with the "
-        r"shape expected: \['layers\.0\.blocks\.0\.mlp\.fc1\.weight \(64, 16\)'\]\)",
+        r"missing keys \['vmamba\.encoder\.stages\.0\.layers\.0\.mlp\.fc1\.weight'\] \(in the checkpoint's names, "
+        r"with the shape expected: \['layers\.0\.blocks\.0\.mlp\.fc1\.weight \(64, 16\)'\]\)",
     ),
     "extra key": (
         lambda sd: sd.update({"layers.0.blocks.0.op.surprise": torch.zeros(3)}),

@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from PIL import Image
-
 from conftest import fixtures_dir
+from PIL import Image
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -250,7 +250,8 @@ def test_a_decode_head_that_is_not_a_uperhead_converts_the_backbone_only(caplog)
 
 
 def test_released_segmentation_names_are_checked(tmp_path):
-    with pytest.raises(OriginalCheckpointError, match=r"does not match variant 'upernet-vmamba-tiny-s2l5'.*hidden_sizes"):
+    expected = r"does not match variant 'upernet-vmamba-tiny-s2l5'.*hidden_sizes"
+    with pytest.raises(OriginalCheckpointError, match=expected):
         from_original_checkpoint(SEG_CHECKPOINT, "upernet-vmamba-tiny-s2l5")
     classifier = FIXTURES / "v2_s2l_ln2d" / "checkpoint.pth"
     with pytest.raises(OriginalCheckpointError, match=r"upernet-vmamba-tiny-s2l5 is a released UperNet segmentor, but "
@@ -268,7 +269,8 @@ def _released_layout_segmentor(builder: str, num_labels: int = 150) -> dict[str,
     widths = [trunk[f"layers.{i}.blocks.0.norm.weight"].shape[0] for i in range(4)]
     state_dict = {"backbone." + k: v for k, v in trunk.items()}
     for i, width in enumerate(widths):
-        state_dict |= {f"backbone.outnorm{i}.weight": torch.ones(width), f"backbone.outnorm{i}.bias": torch.zeros(width)}
+        state_dict[f"backbone.outnorm{i}.weight"] = torch.ones(width)
+        state_dict[f"backbone.outnorm{i}.bias"] = torch.zeros(width)
 
     def conv_module(prefix, out_channels, in_channels, kernel):
         state_dict[f"{prefix}.conv.weight"] = torch.zeros(out_channels, in_channels, kernel, kernel)
@@ -285,7 +287,8 @@ def _released_layout_segmentor(builder: str, num_labels: int = 150) -> dict[str,
     conv_module("decode_head.fpn_bottleneck", 512, 4 * 512, 3)
     conv_module("auxiliary_head.convs.0", 256, widths[2], 3)
     state_dict |= {
-        "decode_head.conv_seg.weight": torch.zeros(num_labels, 512, 1, 1), "decode_head.conv_seg.bias": torch.zeros(num_labels),
+        "decode_head.conv_seg.weight": torch.zeros(num_labels, 512, 1, 1),
+        "decode_head.conv_seg.bias": torch.zeros(num_labels),
         "auxiliary_head.conv_seg.weight": torch.zeros(num_labels, 256, 1, 1),
         "auxiliary_head.conv_seg.bias": torch.zeros(num_labels),
     }
@@ -325,7 +328,8 @@ def test_segmentation_registry_is_consistent():
         assert model.file_name.endswith(".pth") and "ade20k-512x512" in model.file_name
         folder = "vssm" if model.family == "v0" else "vssm1"
         size = next(size for size in ("tiny", "small", "base") if size in model.backbone)
-        assert model.original_config == f"segmentation/configs/{folder}/upernet_vssm_4xb4-160k_ade20k-512x512_{size}.py"
+        config_file = f"upernet_vssm_4xb4-160k_ade20k-512x512_{size}.py"
+        assert model.original_config == f"segmentation/configs/{folder}/{config_file}"
         assert 40 < model.miou_ss <= model.miou_ms < 55
         assert model.default_weights_key == "state_dict" and model.num_labels == 150 and model.crop_size == 512
         assert get_released_model(model.name) is model
@@ -499,8 +503,9 @@ def test_model_name_alone_fetches_and_converts_the_released_segmentor(tmp_path, 
     """`vmamba-convert --model upernet-vmamba-tiny-s2l5` downloads the registry's URL (download stubbed: no network
     here; the stand-in is a full-size file of the released layout with zero weights) and writes a folder whose card
     carries the original's published mIoU."""
-    import transformers_vmamba.convert as cli
     from huggingface_hub import ModelCard
+
+    import transformers_vmamba.convert as cli
 
     release = get_released_model("upernet-vmamba-tiny-s2l5")
     stand_in = tmp_path / release.file_name

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 
 import run_semantic_segmentation as example  # noqa: E402
+
 
 TINY = ["--config_overrides", json.dumps({"depths": [1, 1, 1, 1], "hidden_sizes": [16, 24, 32, 48],
                                           "drop_path_rate": 0.0}),

@@ -22,6 +22,7 @@ from transformers_vmamba.selective_scan import (
 from transformers_vmamba.ss2d import ss2d_scan
 from transformers_vmamba.testing_utils import make_scan_inputs, make_ss2d_inputs
 
+
 FLOAT64_REL = 1e-12
 FLOAT32_REL = 2e-5
 

@@ -25,6 +25,7 @@ from typing import TypeVar, Union
 from onnxscript import DOUBLE, FLOAT, graph, script
 from onnxscript import opset18 as op
 
+
 TFloat = TypeVar("TFloat", bound=Union[FLOAT, DOUBLE])  # noqa: UP007 (onnxscript reads typing.Union)
 
 

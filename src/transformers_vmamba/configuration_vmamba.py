@@ -232,10 +232,18 @@ class VMambaConfig(BackboneConfigMixin, PreTrainedConfig):
         if self.patch_size < 1:
             fail("patch_size", f"must be >= 1, got {self.patch_size}")
         if self.patch_embed_type == "two_conv" and (self.patch_size < 2 or self.patch_size % 2):
-            fail("patch_size", f"must be even for patch_embed_type 'two_conv' (two stride-patch_size/2 convolutions), got {self.patch_size}")
+            fail(
+                "patch_size",
+                f"must be even for patch_embed_type 'two_conv' (two stride-patch_size/2 convolutions), "
+                f"got {self.patch_size}",
+            )
         for field in ("hidden_act", "ssm_hidden_act"):
             if getattr(self, field) not in ACT2FN:
-                fail(field, f"unknown activation {getattr(self, field)!r}; use a name of transformers' ACT2FN, e.g. 'gelu', 'silu'")
+                fail(
+                    field,
+                    f"unknown activation {getattr(self, field)!r}; use a name of transformers' ACT2FN, "
+                    "e.g. 'gelu', 'silu'",
+                )
         if not self.layer_norm_eps > 0:
             fail("layer_norm_eps", f"must be > 0, got {self.layer_norm_eps}")
         if not 0 <= self.drop_path_rate < 1:

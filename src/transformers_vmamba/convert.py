@@ -168,7 +168,11 @@ def _is_vmamba_config(config: dict) -> bool:
     if config.get("model_type") == "vmamba":
         return True
     backbone = config.get("backbone_config")
-    return config.get("model_type") == "upernet" and isinstance(backbone, dict) and backbone.get("model_type") == "vmamba"
+    return (
+        config.get("model_type") == "upernet"
+        and isinstance(backbone, dict)
+        and backbone.get("model_type") == "vmamba"
+    )
 
 
 def converted_folder_problem(folder: Path) -> str | None:
@@ -256,7 +260,9 @@ def verify_folder(folder: Path, model, *, allow_non_finite: bool = False) -> flo
         references = model_outputs(model, pixel_values)
         actuals = model_outputs(reloaded, pixel_values)
     if len(references) != len(actuals):
-        raise ConversionError(f"verification failed: reloaded model gives {len(actuals)} {what}, not {len(references)}")
+        raise ConversionError(
+            f"verification failed: reloaded model gives {len(actuals)} {what}, not {len(references)}"
+        )
     max_abs_diff = 0.0
     for reference, actual in zip(references, actuals):
         finite = torch.isfinite(reference)

@@ -82,7 +82,7 @@ def build_model_card(
         ]
         if not official:
             facts.append(
-                f"- Note: these weights are not the released checkpoint, so its published accuracy does not apply."
+                "- Note: these weights are not the released checkpoint, so its published accuracy does not apply."
             )
         elif not measured:
             facts.append(
@@ -217,7 +217,9 @@ def build_segmentation_model_card(
     from .released_models import ReleasedSegmentationModel
 
     segmentation_release = released if isinstance(released, ReleasedSegmentationModel) else None
-    measured = segmentation_release is not None and official and weights_key == segmentation_release.default_weights_key
+    measured = (
+        segmentation_release is not None and official and weights_key == segmentation_release.default_weights_key
+    )
     is_ade20k = config.num_labels == 150
     eval_results = None
     if measured:
@@ -277,7 +279,9 @@ def build_segmentation_model_card(
     else:
         facts.append(f"- Source checkpoint: `{source}`, weights `{weights_key}`")
         if segmentation_release is not None:
-            facts.append("- Note: these weights are not the released checkpoint, so its published mIoU does not apply.")
+            facts.append(
+                "- Note: these weights are not the released checkpoint, so its published mIoU does not apply."
+            )
     facts.append(
         f"- Original code: [{ORIGINAL_REPOSITORY}](https://github.com/{ORIGINAL_REPOSITORY}) "
         f"at commit `{ORIGINAL_COMMIT}`; heads: mmsegmentation's UPerHead and FCNHead"

@@ -95,7 +95,9 @@ class VMambaEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
+            )
         num_channels, height, width = pixel_values.shape[1:]
         if num_channels != self.num_channels:
             raise ValueError(
@@ -215,7 +217,7 @@ class VMambaLayer(GradientCheckpointingLayer):
 
 
 class VMambaPatchMerging(nn.Module):
-    """Halve the resolution by concatenating each 2x2 neighbourhood (odd sizes padded with zeros), LayerNorm, linear."""
+    """Halve the resolution: each 2x2 neighbourhood concatenated (odd sizes padded with zeros), LayerNorm, linear."""
 
     def __init__(self, config: VMambaConfig, in_size: int, out_size: int):
         super().__init__()
@@ -256,7 +258,8 @@ class VMambaStage(nn.Module):
             self.downsample = None
         else:
             in_size, out_size = config.hidden_sizes[stage_idx], config.hidden_sizes[stage_idx + 1]
-            downsample_class = VMambaPatchMerging if config.downsample_type == "patch_merging" else VMambaConvDownsample
+            patch_merging = config.downsample_type == "patch_merging"
+            downsample_class = VMambaPatchMerging if patch_merging else VMambaConvDownsample
             self.downsample = downsample_class(config, in_size, out_size)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,7 +286,8 @@ class VMambaPreTrainedModel(PreTrainedModel):
         requested_backend()  # a bad VMAMBA_SCAN_BACKEND is reported when the model is built, not at its first call
 
     def _init_weights(self, module):
-        """The original's initialisation (trunc-normal linears, S4D-real A, Mamba dt init); convolutions keep torch's."""
+        """The original's initialisation (trunc-normal linears, S4D-real A, Mamba dt init); convolutions keep
+        torch's."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
@@ -351,7 +355,9 @@ class VMambaEncoder(VMambaPreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutputWithNoAttention:
+    def forward(
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithNoAttention:
         for stage in self.stages:
             _, hidden_states = stage(hidden_states)
         return BaseModelOutputWithNoAttention(last_hidden_state=hidden_states)
@@ -495,7 +501,9 @@ class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
                     hidden_state = self.hidden_states_norms[stage](hidden_state)
                 # contiguous, as the original returns them: heads may .view() the maps
                 feature_maps.append(to_channels_first(hidden_state).contiguous())
-        return BackboneOutput(feature_maps=tuple(feature_maps), hidden_states=tuple(map(to_channels_first, hidden_states)))
+        return BackboneOutput(
+            feature_maps=tuple(feature_maps), hidden_states=tuple(map(to_channels_first, hidden_states))
+        )
 
 
 __all__ = [

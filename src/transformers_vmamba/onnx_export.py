@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+
 _INSTALL_HINT = "pip install 'transformers-vmamba[onnx]'  (onnx, onnxscript; onnxruntime to run the result)"
 _INT64_MIN = -(2**63)
 
@@ -54,7 +55,8 @@ def _ints(op, values: Sequence[int]):
 
 def _flip_hw(op, value):
     """Reverse axes 1 and 2 (height and width of a (B, H, W, ...) tensor): Slice with step -1."""
-    return op.Slice(value, _ints(op, [-1, -1]), _ints(op, [_INT64_MIN, _INT64_MIN]), _ints(op, [1, 2]), _ints(op, [-1, -1]))
+    starts, ends = _ints(op, [-1, -1]), _ints(op, [_INT64_MIN, _INT64_MIN])
+    return op.Slice(value, starts, ends, _ints(op, [1, 2]), _ints(op, [-1, -1]))
 
 
 def _line_scans():
@@ -77,7 +79,8 @@ def _group_layout(op, value, routes, columns: bool, rank: int):
 
 
 def _group_unlayout(op, value, columns: bool):
-    """Inverse of ``_group_layout`` for an output (steps, B, lines, 2, C): the two routes' maps summed, (B, H, W, C)."""
+    """Inverse of ``_group_layout`` for an output (steps, B, lines, 2, C): the two routes' maps summed,
+    (B, H, W, C)."""
     pair = op.Transpose(value, perm=[1, 0, 2, 3, 4] if columns else [1, 2, 0, 3, 4])  # (B, H, W, 2, C)
     first = op.Squeeze(op.Gather(pair, _ints(op, [0]), axis=3), _ints(op, [3]))
     second = op.Squeeze(op.Gather(pair, _ints(op, [1]), axis=3), _ints(op, [3]))

@@ -6,7 +6,8 @@ released variant when one is named (or recognised by its file name), and every k
 or mis-shaped keys). Classification checkpoints become `VMambaForImageClassification`; mmsegmentation UperNet
 checkpoints (``backbone.`` + a UPerHead ``decode_head.`` and an FCNHead ``auxiliary_head.``) become Transformers'
 `UperNetForSemanticSegmentation` with a `VMambaBackbone`; other detection/segmentation checkpoints
-(mmdetection/mmsegmentation layout, backbone under ``backbone.``) become `VMambaBackbone`, their heads being skipped. Pickled checkpoints are untrusted, so they are only ever read with ``torch.load(weights_only=True)``;
+(mmdetection/mmsegmentation layout, backbone under ``backbone.``) become `VMambaBackbone`, their heads being
+skipped. Pickled checkpoints are untrusted, so they are only ever read with ``torch.load(weights_only=True)``;
 classes pickled next to the weights (the yacs config of the released files) are replaced by inert stand-ins instead
 of being imported. This module owns every fact about original checkpoints; ``vmamba-convert`` is a shell over it.
 """
@@ -244,7 +245,11 @@ _RENAMES = (
     (_BLOCK + "op.A_logs", _HF_BLOCK + "ssm.A_log", None),
     (_BLOCK + "op.Ds", _HF_BLOCK + "ssm.D", None),
     (_BLOCK + "mlp.{fc}.{param}", _HF_BLOCK + "mlp.{fc}.{param}", None),
-    ("layers.{stage}.downsample.{merge}.{param}", "encoder.stages.{stage}.downsample.{merge}.{param}", "patch_merging"),
+    (
+        "layers.{stage}.downsample.{merge}.{param}",
+        "encoder.stages.{stage}.downsample.{merge}.{param}",
+        "patch_merging",
+    ),
     ("layers.{stage}.downsample.1.{param}", "encoder.stages.{stage}.downsample.conv.{param}", "conv"),
     ("layers.{stage}.downsample.3.{param}", "encoder.stages.{stage}.downsample.norm.{param}", "conv"),
     ("classifier.norm.{param}", "layernorm.{param}", None),
@@ -882,8 +887,8 @@ def _check_fits(kind: CheckpointKind, config: VMambaConfig, converted, origin, u
         more = f"; ... ({len(wrong)} in all)" if len(wrong) > 10 else ""
         problems.append("wrong shapes: " + "; ".join(wrong[:10]) + more)
     raise OriginalCheckpointError(
-        f"the checkpoint does not fit the {'UperNet' if kind.name == 'segmentor' else 'VMamba'} model inferred from it "
-        f"({_describe(config)}): " + "; ".join(problems)
+        f"the checkpoint does not fit the {'UperNet' if kind.name == 'segmentor' else 'VMamba'} model inferred "
+        f"from it ({_describe(config)}): " + "; ".join(problems)
     )
 
 

@@ -29,7 +29,8 @@ ORIGINAL_COMMIT = "2ed52ead062a51a64521ed3871d52914bf532876"
 PAPER_URL = "https://arxiv.org/abs/2401.10166"
 PAPER_CITATION = """@article{liu2024vmamba,
   title={VMamba: Visual State Space Model},
-  author={Liu, Yue and Tian, Yunjie and Zhao, Yuzhong and Yu, Hongtian and Xie, Lingxi and Wang, Yaowei and Ye, Qixiang and Liu, Yunfan},
+  author={Liu, Yue and Tian, Yunjie and Zhao, Yuzhong and Yu, Hongtian and Xie, Lingxi and Wang, Yaowei and
+          Ye, Qixiang and Liu, Yunfan},
   journal={arXiv preprint arXiv:2401.10166},
   year={2024}
 }"""
@@ -241,7 +242,8 @@ def markdown_table() -> str:
 def segmentation_markdown_table() -> str:
     """The README table of released ADE20K UperNet checkpoints, with the original's published mIoU."""
     rows = [
-        "| name | original backbone | family | mIoU SS (%) | mIoU MS (%) | params | FLOPs | original config | checkpoint |",
+        "| name | original backbone | family | mIoU SS (%) | mIoU MS (%) | params | FLOPs | original config "
+        "| checkpoint |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for m in RELEASED_SEGMENTATION_MODELS.values():
