@@ -24,8 +24,8 @@ and runs the reverse scan of the state gradient ``g_t = C_t dy_t + a_{t+1} g_{t+
 pass of the recomputation are the same program, so they always use the same CHUNK. The recomputation costs one more
 read of x, dt, B and C (the forward kernel's traffic without its y atomics) plus the scratch: ``N_PAD * C`` values
 per chunk and route, i.e. ``4 * N_PAD / CHUNK`` times the size of x in the compute dtype (allocated for the smallest
-CHUNK autotune may pick), alive only during the launch. Reductions (over channels for dB/dC, over positions and images for dA/dD/d dt_bias) are summed in registers
-and then added with atomics.
+CHUNK autotune may pick), alive only during the launch. Reductions (over channels for dB/dC, over positions and
+images for dA/dD/d dt_bias) are summed in registers and then added with atomics.
 
 Launch configurations come from ``triton.autotune`` (``FORWARD_CONFIGS`` / ``BACKWARD_CONFIGS``, pruned by state size,
 tuned per state size, channel count and dtypes). ``forward(..., config=triton.Config(...))`` or the
@@ -43,6 +43,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+
 from transformers_vmamba.selective_scan import check_ss2d_inputs, ss2d_compute_dtype
 
 
