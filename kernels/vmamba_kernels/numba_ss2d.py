@@ -1,0 +1,347 @@
+# Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
+"""numba kernels of the SS2D operator on CPU: ``forward`` and ``backward`` on channels-last tensors.
+
+The contract is ``transformers_vmamba.selective_scan.check_ss2d_inputs``: x (batch, H, W, C); dt (batch, H, W, 4, C)
+before bias and softplus; A (4, C, N); B, C (batch, H, W, 4, N); D, dt_bias (4, C); y (batch, H, W, C), the four
+routes' outputs summed, in float32 (float64 when an input is float64; float16/bfloat16 inputs are converted to
+float32 first). Inputs may have any strides: they are made contiguous in the compute dtype (a no-op for the
+contiguous float32 tensors the model passes).
+
+Work split. One task owns a block of channels of one image, for all four routes, so it can add every route's output
+into y (and every route's input gradient into dx) with no race and no (batch, 4, ...) route copies. Tasks run in
+parallel (``prange`` over images x channel blocks, on ``torch.get_num_threads()`` numba threads). Inside a task each
+route walks the map's ``H * W`` positions in its order (row-major, column-major, then both reversed) by index
+arithmetic; at each position the innermost loops run over the block's channels, the contiguous axis of x, dt, y,
+so they vectorise and every position reads whole cache lines.
+
+Backward. The operator saves only its inputs, so the states are recomputed. The reverse (adjoint) sweep
+``g_t = C_t dy_t + a_{t+1} g_{t+1}`` needs ``h_{t-1}`` and ``a_t = exp(delta_t A)`` at every step: a task keeps them
+for one segment of its route at a time (``segment`` steps, sized so the two buffers stay about
+``_SEGMENT_ELEMENTS`` elements each). With more than one segment a first forward sweep stores the state entering
+every segment (a checkpoint), then each segment, last first, is recomputed from its checkpoint and swept backwards.
+For d_state 1 a VMamba-T route fits one segment (no checkpoint sweep); for d_state 16 memory stays bounded by the
+segment, at the cost of one more forward sweep. Sums over channels (dB, dC) go to per-channel-block partial buffers
+reduced afterwards; sums over positions (dA, dD, d dt_bias) to per-image partials; no atomics anywhere.
+
+Compilation is lazy and cached: importing ``vmamba_kernels`` does not import this module; importing this module
+imports numba and defines the kernels, and the first call per dtype compiles them (seconds), cached on disk
+(``cache=True``: next to this file, else numba's user-wide cache directory; with no writable location at all the
+kernels compile in memory at every process start instead).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+from transformers_vmamba.selective_scan import check_ss2d_inputs, ss2d_compute_dtype
+
+
+# Floating-point flags: everything but finite-math assumptions (-inf/inf/NaN must behave) and approximate functions
+# (exp and log1p stay libm's); reassociation lets LLVM vectorise the channel sums of dB and dC.
+FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+# Elements (segment steps x states x block channels) of each of the backward's two per-task segment buffers.
+_SEGMENT_ELEMENTS = 1 << 17
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+CACHING = True  # whether the kernels are cached on disk (False when numba found no writable cache location)
+
+
+def _jit(fn):
+    """``njit(parallel=True, cache=True)``; without any writable cache location numba refuses ``cache=True`` when
+    the function is defined, so compile in memory instead."""
+    global CACHING
+    options = dict(parallel=True, fastmath=FASTMATH, nogil=True)
+    try:
+        return njit(cache=True, **options)(fn)
+    except RuntimeError as err:  # "cannot cache function ...: no locator available for file ..."
+        if "cannot cache" not in str(err):
+            raise
+        CACHING = False
+        warnings.warn(f"vmamba_kernels.numba_ss2d: {err}; compiling without an on-disk cache", stacklevel=2)
+        return njit(cache=False, **options)(fn)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _position(k, t, height, width, length):
+    """Row-major position ``row * W + col`` of route ``k``'s step ``t``: routes 0 and 1 read the map row by row and
+    column by column, routes 2 and 3 are those two reversed."""
+    if k >= 2:
+        t = length - 1 - t
+    if k == 1 or k == 3:
+        return (t % height) * width + t // height
+    return t
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _softplus(z):
+    # torch's softplus (beta 1, threshold 20); exp underflows to 0 for very negative z, as in torch.
+    return z if z > 20.0 else math.log1p(math.exp(z))
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _softplus_grad(z, one):
+    if z > 20.0:
+        return one
+    e = math.exp(-abs(z))
+    return one / (one + e) if z >= 0.0 else e / (one + e)
+
+
+def _forward_kernel(x, dt, At, Bm, Cm, D, bias, y, height, width, block):
+    """x (batch, L, C); dt (batch, L, 4, C); At (4, N, C); Bm, Cm (batch, L, 4, N); D, bias (4, C); y (batch, L, C)
+    zeros, to which the four routes add."""
+    batch, length, channels = x.shape
+    states = At.shape[1]
+    blocks = (channels + block - 1) // block
+    for task in prange(batch * blocks):
+        b = task // blocks
+        c0 = (task % blocks) * block
+        width_c = min(c0 + block, channels) - c0
+        h = np.empty((states, width_c), dtype=x.dtype)
+        delta = np.empty(width_c, dtype=x.dtype)
+        drive = np.empty(width_c, dtype=x.dtype)
+        out = np.empty(width_c, dtype=x.dtype)
+        for k in range(4):
+            h[:, :] = 0.0
+            for t in range(length):
+                p = _position(k, t, height, width, length)
+                for i in range(width_c):
+                    c = c0 + i
+                    d = _softplus(dt[b, p, k, c] + bias[k, c])
+                    xv = x[b, p, c]
+                    delta[i] = d
+                    drive[i] = d * xv
+                    out[i] = D[k, c] * xv
+                for n in range(states):
+                    bn = Bm[b, p, k, n]
+                    cn = Cm[b, p, k, n]
+                    for i in range(width_c):
+                        hv = math.exp(delta[i] * At[k, n, c0 + i]) * h[n, i] + drive[i] * bn
+                        h[n, i] = hv
+                        out[i] += cn * hv
+                for i in range(width_c):
+                    y[b, p, c0 + i] += out[i]
+
+
+def _backward_kernel(
+    dy, x, dt, At, Bm, Cm, D, bias, dx, ddt, dAp, dBp, dCp, dDp, dbiasp, one, height, width, block, segment
+):
+    """Inputs as in ``_forward_kernel`` plus dy (batch, L, C). Outputs: dx (batch, L, C) zeros; ddt like dt;
+    dAp (batch, 4, N, C), dDp, dbiasp (batch, 4, C) per-image partials; dBp, dCp (blocks, batch, L, 4, N)
+    per-channel-block partials (every element of all of them is written). ``one`` is 1 in the compute dtype."""
+    batch, length, channels = x.shape
+    states = At.shape[1]
+    blocks = (channels + block - 1) // block
+    segments = (length + segment - 1) // segment
+    zero = one - one
+    for task in prange(batch * blocks):
+        b = task // blocks
+        blk = task % blocks
+        c0 = blk * block
+        width_c = min(c0 + block, channels) - c0
+        h = np.empty((states, width_c), dtype=x.dtype)
+        carry = np.empty((states, width_c), dtype=x.dtype)  # a_{t+1} g_{t+1}
+        grad_A = np.empty((states, width_c), dtype=x.dtype)
+        checkpoints = np.zeros((segments, states, width_c), dtype=x.dtype)
+        h_prev = np.empty((segment, states, width_c), dtype=x.dtype)
+        decay = np.empty((segment, states, width_c), dtype=x.dtype)
+        delta = np.empty((segment, width_c), dtype=x.dtype)
+        grad_delta = np.empty(width_c, dtype=x.dtype)
+        grad_x = np.empty(width_c, dtype=x.dtype)
+        grad_D = np.empty(width_c, dtype=x.dtype)
+        grad_bias = np.empty(width_c, dtype=x.dtype)
+        for k in range(4):
+            # Checkpoint sweep: the state entering each segment (only when there is more than one).
+            if segments > 1:
+                h[:, :] = zero
+                for t in range((segments - 1) * segment):
+                    if t % segment == 0:
+                        checkpoints[t // segment] = h
+                    p = _position(k, t, height, width, length)
+                    for i in range(width_c):
+                        d = _softplus(dt[b, p, k, c0 + i] + bias[k, c0 + i])
+                        delta[0, i] = d
+                        grad_x[i] = d * x[b, p, c0 + i]  # scratch: the step's input
+                    for n in range(states):
+                        bn = Bm[b, p, k, n]
+                        for i in range(width_c):
+                            h[n, i] = math.exp(delta[0, i] * At[k, n, c0 + i]) * h[n, i] + grad_x[i] * bn
+                checkpoints[segments - 1] = h
+            carry[:, :] = zero
+            grad_A[:, :] = zero
+            grad_D[:] = zero
+            grad_bias[:] = zero
+            for s in range(segments - 1, -1, -1):
+                t0 = s * segment
+                t1 = min(t0 + segment, length)
+                # Recompute the segment from its checkpoint, keeping h_{t-1}, a_t and delta_t.
+                h[:, :] = checkpoints[s]
+                for t in range(t0, t1):
+                    j = t - t0
+                    p = _position(k, t, height, width, length)
+                    for i in range(width_c):
+                        d = _softplus(dt[b, p, k, c0 + i] + bias[k, c0 + i])
+                        delta[j, i] = d
+                        grad_x[i] = d * x[b, p, c0 + i]  # scratch: the step's input
+                    for n in range(states):
+                        bn = Bm[b, p, k, n]
+                        for i in range(width_c):
+                            a = math.exp(delta[j, i] * At[k, n, c0 + i])
+                            h_prev[j, n, i] = h[n, i]
+                            decay[j, n, i] = a
+                            h[n, i] = a * h[n, i] + grad_x[i] * bn
+                # Reverse sweep of the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}.
+                for t in range(t1 - 1, t0 - 1, -1):
+                    j = t - t0
+                    p = _position(k, t, height, width, length)
+                    for i in range(width_c):
+                        gy = dy[b, p, c0 + i]
+                        xv = x[b, p, c0 + i]
+                        grad_delta[i] = zero
+                        grad_x[i] = D[k, c0 + i] * gy
+                        grad_D[i] += gy * xv
+                    for n in range(states):
+                        bn = Bm[b, p, k, n]
+                        cn = Cm[b, p, k, n]
+                        grad_b = zero
+                        grad_c = zero
+                        for i in range(width_c):
+                            c = c0 + i
+                            d = delta[j, i]
+                            xv = x[b, p, c]
+                            gy = dy[b, p, c]
+                            carried = decay[j, n, i] * h_prev[j, n, i]  # a_t h_{t-1}
+                            g = cn * gy + carry[n, i]
+                            grad_c += gy * (carried + d * xv * bn)  # dy_t h_t
+                            grad_b += g * d * xv
+                            grad_A[n, i] += g * d * carried
+                            grad_delta[i] += g * (At[k, n, c] * carried + bn * xv)
+                            grad_x[i] += g * d * bn
+                            carry[n, i] = decay[j, n, i] * g
+                        dBp[blk, b, p, k, n] = grad_b
+                        dCp[blk, b, p, k, n] = grad_c
+                    for i in range(width_c):
+                        c = c0 + i
+                        g_dt = grad_delta[i] * _softplus_grad(dt[b, p, k, c] + bias[k, c], one)
+                        ddt[b, p, k, c] = g_dt
+                        grad_bias[i] += g_dt
+                        dx[b, p, c] += grad_x[i]
+            for i in range(width_c):
+                c = c0 + i
+                for n in range(states):
+                    dAp[b, k, n, c] = grad_A[n, i]
+                dDp[b, k, c] = grad_D[i]
+                dbiasp[b, k, c] = grad_bias[i]
+
+
+_forward_compiled = _jit(_forward_kernel)
+_backward_compiled = _jit(_backward_kernel)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Launch functions (the operator contract; no autograd, no op registration: that is transformers_vmamba.ss2d).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check(name: str, tensors) -> None:
+    check_ss2d_inputs(*tensors)
+    for t in tensors:
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"numba ss2d {name}: inputs must be float16/bfloat16/float32/float64, got {t.dtype}")
+    if tensors[0].device.type != "cpu":
+        raise RuntimeError(f"numba ss2d {name}: the numba kernels need CPU tensors, got {tensors[0].device}")
+
+
+def _set_threads() -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _block_size(batch: int, channels: int, block: int | None) -> int:
+    """Channels per task: 32 (two AVX-512 or four AVX2 float32 vectors), narrower when that leaves fewer than
+    two tasks per thread (small batches of few channels), never below 8."""
+    if block is not None:
+        if block < 1:
+            raise ValueError(f"numba ss2d: block must be positive, got {block}")
+        return block
+    block = 32
+    while block > 8 and batch * -(-channels // block) < 2 * numba.get_num_threads():
+        block //= 2
+    return block
+
+
+def _arrays(acc: torch.dtype, tensors):
+    """numpy views of ``tensors`` made contiguous in the compute dtype (no copy when they already are)."""
+    return [t.detach().to(acc).contiguous().numpy() for t in tensors]
+
+
+def _flat(t: np.ndarray) -> np.ndarray:
+    """(batch, H, W, ...) -> (batch, H * W, ...), a view of a contiguous array."""
+    return t.reshape(t.shape[0], t.shape[1] * t.shape[2], *t.shape[3:])
+
+
+def forward(x, dt, A, B, C, D, dt_bias, *, block: int | None = None) -> torch.Tensor:
+    """y (batch, H, W, C) of the SS2D contract, in float32 (float64 for float64 inputs). ``block`` pins the number
+    of channels per task (tests use it to get several channel blocks on tiny inputs)."""
+    inputs = (x, dt, A, B, C, D, dt_bias)
+    _check("forward", inputs)
+    acc = ss2d_compute_dtype(*inputs)
+    batch, height, width, channels = x.shape
+    y = torch.zeros(x.shape, dtype=acc)
+    if y.numel() == 0:
+        return y
+    _set_threads()
+    x_a, dt_a, A_a, B_a, C_a, D_a, bias_a = _arrays(acc, (x, dt, A.transpose(1, 2), B, C, D, dt_bias))
+    _forward_compiled(
+        _flat(x_a), _flat(dt_a), A_a, _flat(B_a), _flat(C_a), D_a, bias_a, _flat(y.numpy()), height, width,
+        _block_size(batch, channels, block),
+    )  # fmt: skip
+    return y
+
+
+def backward(grad_y, x, dt, A, B, C, D, dt_bias, *, block: int | None = None, segment: int | None = None):
+    """Gradients of ``forward`` with respect to (x, dt, A, B, C, D, dt_bias), each in its input's dtype. Recomputes
+    the states from the inputs (see the module docstring); ``block`` as in ``forward``, ``segment`` pins the
+    backward's segment length (tests use it to force checkpoints)."""
+    inputs = (x, dt, A, B, C, D, dt_bias)
+    _check("backward", inputs)
+    if grad_y.shape != x.shape or grad_y.device != x.device or not grad_y.is_floating_point():
+        raise ValueError(
+            f"numba ss2d backward: grad_y must be a floating-point {tuple(x.shape)} tensor on {x.device}, got "
+            f"{grad_y.dtype} {tuple(grad_y.shape)} on {grad_y.device}"
+        )
+    acc = ss2d_compute_dtype(*inputs)
+    batch, height, width, channels = x.shape
+    state = A.shape[2]
+    length = height * width
+    if x.numel() == 0:
+        return tuple(torch.zeros(t.shape, dtype=t.dtype) for t in inputs)
+    _set_threads()
+    block = _block_size(batch, channels, block)
+    blocks = -(-channels // block)
+    if segment is None:
+        segment = max(1, _SEGMENT_ELEMENTS // (state * min(block, channels)))
+    segment = max(1, min(segment, length))
+    dy_a, x_a, dt_a, A_a, B_a, C_a, D_a, bias_a = _arrays(acc, (grad_y, x, dt, A.transpose(1, 2), B, C, D, dt_bias))
+    dx = torch.zeros(x.shape, dtype=acc)
+    ddt = torch.empty(dt.shape, dtype=acc)
+    dA_partial = torch.zeros((batch, 4, state, channels), dtype=acc)
+    dD_partial, dbias_partial = (torch.zeros((batch, 4, channels), dtype=acc) for _ in range(2))
+    dB_partial, dC_partial = (torch.empty((blocks, batch, length, 4, state), dtype=acc) for _ in range(2))
+    _backward_compiled(
+        _flat(dy_a), _flat(x_a), _flat(dt_a), A_a, _flat(B_a), _flat(C_a), D_a, bias_a,
+        _flat(dx.numpy()), _flat(ddt.numpy()), dA_partial.numpy(), dB_partial.numpy(), dC_partial.numpy(),
+        dD_partial.numpy(), dbias_partial.numpy(), np.ones((), dtype=x_a.dtype)[()], height, width, block, segment,
+    )  # fmt: skip
+    dA = dA_partial.sum(0).transpose(1, 2)
+    dB, dC = (p.sum(0).view(B.shape) for p in (dB_partial, dC_partial))
+    grads = (dx, ddt, dA, dB, dC, dD_partial.sum(0), dbias_partial.sum(0))
+    return tuple(g.to(t.dtype).contiguous() if g.dtype != t.dtype or not g.is_contiguous() else g
+                 for g, t in zip(grads, inputs))  # fmt: skip
+
+
+__all__ = ["FASTMATH", "backward", "forward"]
