@@ -343,3 +343,35 @@ def test_kernels_compile_without_a_writable_cache(tmp_path):
         "print('ok')\n"
     )
     assert "ok" in output
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmark script (benchmarks/bench_cpu_ss2d_kernel.py) on tiny shapes, so it does not rot.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _load_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu_ss2d_kernel.py"
+    spec = importlib.util.spec_from_file_location("bench_cpu_ss2d_kernel", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_script_smoke_run(capsys):
+    bench = _load_benchmark()
+    results = bench.main(["--smoke", "--threads", "1"])
+    assert set(results) == {"smoke-N1", "smoke-N16"}
+    for result in results.values():
+        assert result["max_relative_difference"] < 1e-4
+        for mode in ("fwd", "fwd+bwd"):
+            assert result[mode]["kernel_ms"] > 0 and result[mode]["speedup"] > 0 and result[mode]["copy_gbs"] > 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("smoke-N1 (1, 6, 5, 16, 1) fwd: numba ")
+    cases = bench.stage_cases((1, 8))
+    assert cases["v2v-T-s1-b1"] == (1, 56, 56, 96, 1) and cases["v2v-T-s4-b8"] == (8, 7, 7, 768, 1)
+    assert cases["v0-T-s1-b1"] == (1, 56, 56, 192, 16)
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--write"])
