@@ -4,8 +4,9 @@
 The contract is ``transformers_vmamba.selective_scan.check_ss2d_inputs``: x (batch, H, W, C); dt (batch, H, W, 4, C)
 before bias and softplus; A (4, C, N); B, C (batch, H, W, 4, N); D, dt_bias (4, C); y (batch, H, W, C), the four
 routes' outputs summed, in float32 (float64 when an input is float64; float16/bfloat16 inputs are converted to
-float32 first). Inputs may have any strides: they are made contiguous in the compute dtype (a no-op for the
-contiguous float32 tensors the model passes).
+float32 first). Inputs may have any strides: the kernels address x, dt, B, C (and dy) through their batch, row,
+column and route strides, so only a feature axis of stride != 1 or another dtype costs a copy (the model's
+float32 dt, a strided view of its projection, is read in place).
 
 Work split. One task owns a block of channels of one image, for all four routes, so it can add every route's output
 into y (and every route's input gradient into dx) with no race and no (batch, 4, ...) route copies. Tasks run in
@@ -70,14 +71,21 @@ def _jit(fn):
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _position(k, t, height, width, length):
-    """Row-major position ``row * W + col`` of route ``k``'s step ``t``: routes 0 and 1 read the map row by row and
-    column by column, routes 2 and 3 are those two reversed."""
+def _pixel(k, t, height, width, length):
+    """(row, col) of route ``k``'s step ``t``: routes 0 and 1 read the map row by row and column by column, routes 2
+    and 3 are those two reversed."""
     if k >= 2:
         t = length - 1 - t
     if k == 1 or k == 3:
-        return (t % height) * width + t // height
-    return t
+        return t % height, t // height
+    return t // width, t % width
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _at(strides, b, row, col, k):
+    """Offset of (image b, pixel (row, col), route k) in a flat input with element strides (batch, H, W, route); the
+    channel (or state) axis that follows has stride 1."""
+    return b * strides[0] + row * strides[1] + col * strides[2] + k * strides[3]
 
 
 # Float32 exp and log1p as plain arithmetic (Cephes' expf/logf polynomials), so that LLVM vectorises the channel
@@ -193,10 +201,11 @@ def _softplus_grad_typed(z):
     return lambda z: _sigmoid64(z)
 
 
-def _forward_kernel(x, dt, At, Bm, Cm, D, bias, y, height, width, block):
-    """x (batch, L, C); dt (batch, L, 4, C); At (4, N, C); Bm, Cm (batch, L, 4, N); D, bias (4, C); y (batch, L, C)
-    zeros, to which the four routes add."""
-    batch, length, channels = x.shape
+def _forward_kernel(x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, y, batch, height, width, block):
+    """x, dt, Bm, Cm: flat inputs (batch, H, W, C), (batch, H, W, 4, C), (batch, H, W, 4, N) with element strides
+    xs, dts, Bs, Cs (batch, H, W, route; see ``_at``). At (4, N, C); D, bias (4, C); y (batch, H * W, C), written."""
+    length = height * width
+    channels = y.shape[2]
     states = At.shape[1]
     blocks = (channels + block - 1) // block
     for task in prange(batch * blocks):
@@ -210,32 +219,44 @@ def _forward_kernel(x, dt, At, Bm, Cm, D, bias, y, height, width, block):
         for k in range(4):
             h[:, :] = 0.0
             for t in range(length):
-                p = _position(k, t, height, width, length)
+                row, col = _pixel(k, t, height, width, length)
+                p = row * width + col
+                xo = _at(xs, b, row, col, 0)
+                dto = _at(dts, b, row, col, k)
+                bo = _at(Bs, b, row, col, k)
+                co = _at(Cs, b, row, col, k)
                 for i in range(width_c):
                     c = c0 + i
-                    d = _softplus(dt[b, p, k, c] + bias[k, c])
-                    xv = x[b, p, c]
+                    d = _softplus(dt[dto + c] + bias[k, c])
+                    xv = x[xo + c]
                     delta[i] = d
                     drive[i] = d * xv
                     out[i] = D[k, c] * xv
                 for n in range(states):
-                    bn = Bm[b, p, k, n]
-                    cn = Cm[b, p, k, n]
+                    bn = Bm[bo + n]
+                    cn = Cm[co + n]
                     for i in range(width_c):
                         hv = _exp(delta[i] * At[k, n, c0 + i]) * h[n, i] + drive[i] * bn
                         h[n, i] = hv
                         out[i] += cn * hv
-                for i in range(width_c):
-                    y[b, p, c0 + i] += out[i]
+                if k == 0:  # y starts as the first route's output: no zero fill
+                    for i in range(width_c):
+                        y[b, p, c0 + i] = out[i]
+                else:
+                    for i in range(width_c):
+                        y[b, p, c0 + i] += out[i]
 
 
 def _backward_kernel(
-    dy, x, dt, At, Bm, Cm, D, bias, dx, ddt, dAp, dBp, dCp, dDp, dbiasp, one, height, width, block, segment
-):
-    """Inputs as in ``_forward_kernel`` plus dy (batch, L, C). Outputs: dx (batch, L, C) zeros; ddt like dt;
+    dy, dys, x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, dx, ddt, dAp, dBp, dCp, dDp, dbiasp, one,
+    batch, height, width, block, segment,
+):  # fmt: skip
+    """Inputs as in ``_forward_kernel`` plus dy, flat like x with strides dys. Outputs (contiguous, with the
+    positions flattened, L = H * W; every element written): dx (batch, L, C); ddt (batch, L, 4, C);
     dAp (batch, 4, N, C), dDp, dbiasp (batch, 4, C) per-image partials; dBp, dCp (blocks, batch, L, 4, N)
-    per-channel-block partials (every element of all of them is written). ``one`` is 1 in the compute dtype."""
-    batch, length, channels = x.shape
+    per-channel-block partials. ``one`` is 1 in the compute dtype."""
+    length = height * width
+    channels = dx.shape[2]
     states = At.shape[1]
     blocks = (channels + block - 1) // block
     segments = (length + segment - 1) // segment
@@ -263,13 +284,16 @@ def _backward_kernel(
                 for t in range((segments - 1) * segment):
                     if t % segment == 0:
                         checkpoints[t // segment] = h
-                    p = _position(k, t, height, width, length)
+                    row, col = _pixel(k, t, height, width, length)
+                    xo = _at(xs, b, row, col, 0) + c0
+                    dto = _at(dts, b, row, col, k) + c0
+                    bo = _at(Bs, b, row, col, k)
                     for i in range(width_c):
-                        d = _softplus(dt[b, p, k, c0 + i] + bias[k, c0 + i])
+                        d = _softplus(dt[dto + i] + bias[k, c0 + i])
                         delta[0, i] = d
-                        grad_x[i] = d * x[b, p, c0 + i]  # scratch: the step's input
+                        grad_x[i] = d * x[xo + i]  # scratch: the step's input
                     for n in range(states):
-                        bn = Bm[b, p, k, n]
+                        bn = Bm[bo + n]
                         for i in range(width_c):
                             h[n, i] = _exp(delta[0, i] * At[k, n, c0 + i]) * h[n, i] + grad_x[i] * bn
                 checkpoints[segments - 1] = h
@@ -284,13 +308,16 @@ def _backward_kernel(
                 h[:, :] = checkpoints[s]
                 for t in range(t0, t1):
                     j = t - t0
-                    p = _position(k, t, height, width, length)
+                    row, col = _pixel(k, t, height, width, length)
+                    xo = _at(xs, b, row, col, 0) + c0
+                    dto = _at(dts, b, row, col, k) + c0
+                    bo = _at(Bs, b, row, col, k)
                     for i in range(width_c):
-                        d = _softplus(dt[b, p, k, c0 + i] + bias[k, c0 + i])
+                        d = _softplus(dt[dto + i] + bias[k, c0 + i])
                         delta[j, i] = d
-                        grad_x[i] = d * x[b, p, c0 + i]  # scratch: the step's input
+                        grad_x[i] = d * x[xo + i]  # scratch: the step's input
                     for n in range(states):
-                        bn = Bm[b, p, k, n]
+                        bn = Bm[bo + n]
                         for i in range(width_c):
                             a = _exp(delta[j, i] * At[k, n, c0 + i])
                             h_prev[j, n, i] = h[n, i]
@@ -299,23 +326,29 @@ def _backward_kernel(
                 # Reverse sweep of the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}.
                 for t in range(t1 - 1, t0 - 1, -1):
                     j = t - t0
-                    p = _position(k, t, height, width, length)
+                    row, col = _pixel(k, t, height, width, length)
+                    p = row * width + col
+                    xo = _at(xs, b, row, col, 0) + c0
+                    dyo = _at(dys, b, row, col, 0) + c0
+                    dto = _at(dts, b, row, col, k) + c0
+                    bo = _at(Bs, b, row, col, k)
+                    co = _at(Cs, b, row, col, k)
                     for i in range(width_c):
-                        gy = dy[b, p, c0 + i]
-                        xv = x[b, p, c0 + i]
+                        gy = dy[dyo + i]
+                        xv = x[xo + i]
                         grad_delta[i] = zero
                         grad_x[i] = D[k, c0 + i] * gy
                         grad_D[i] += gy * xv
                     for n in range(states):
-                        bn = Bm[b, p, k, n]
-                        cn = Cm[b, p, k, n]
+                        bn = Bm[bo + n]
+                        cn = Cm[co + n]
                         grad_b = zero
                         grad_c = zero
                         for i in range(width_c):
                             c = c0 + i
                             d = delta[j, i]
-                            xv = x[b, p, c]
-                            gy = dy[b, p, c]
+                            xv = x[xo + i]
+                            gy = dy[dyo + i]
                             carried = decay[j, n, i] * h_prev[j, n, i]  # a_t h_{t-1}
                             g = cn * gy + carry[n, i]
                             grad_c += gy * (carried + d * xv * bn)  # dy_t h_t
@@ -328,10 +361,15 @@ def _backward_kernel(
                         dCp[blk, b, p, k, n] = grad_c
                     for i in range(width_c):
                         c = c0 + i
-                        g_dt = grad_delta[i] * _softplus_grad(dt[b, p, k, c] + bias[k, c])
+                        g_dt = grad_delta[i] * _softplus_grad(dt[dto + i] + bias[k, c])
                         ddt[b, p, k, c] = g_dt
                         grad_bias[i] += g_dt
-                        dx[b, p, c] += grad_x[i]
+                    if k == 0:  # dx starts as the first route's gradient: no zero fill
+                        for i in range(width_c):
+                            dx[b, p, c0 + i] = grad_x[i]
+                    else:
+                        for i in range(width_c):
+                            dx[b, p, c0 + i] += grad_x[i]
             for i in range(width_c):
                 c = c0 + i
                 for n in range(states):
@@ -375,14 +413,22 @@ def _block_size(batch: int, channels: int, block: int | None) -> int:
     return block
 
 
-def _arrays(acc: torch.dtype, tensors):
-    """numpy views of ``tensors`` made contiguous in the compute dtype (no copy when they already are)."""
-    return [t.detach().to(acc).contiguous().numpy() for t in tensors]
+def _params(acc: torch.dtype, A, D, dt_bias):
+    """A as (4, N, C), D and dt_bias, contiguous numpy arrays in the compute dtype (tiny)."""
+    return [t.detach().to(acc).contiguous().numpy() for t in (A.transpose(1, 2), D, dt_bias)]
 
 
-def _flat(t: np.ndarray) -> np.ndarray:
-    """(batch, H, W, ...) -> (batch, H * W, ...), a view of a contiguous array."""
-    return t.reshape(t.shape[0], t.shape[1] * t.shape[2], *t.shape[3:])
+def _strided(t: torch.Tensor, acc: torch.dtype):
+    """(flat numpy view, element strides (batch, H, W, route)) of a (batch, H, W, F) or (batch, H, W, 4, F) input
+    in the compute dtype. No copy when the dtype matches and the feature axis has stride 1 (e.g. the model's dt,
+    whose route axis is not the slowest, or a channel slice); otherwise a contiguous copy."""
+    t = t.detach().to(acc)
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        t = t.contiguous()
+    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    flat = t.as_strided((span,), (1,), t.storage_offset()).numpy()
+    strides = (*t.stride()[:3], t.stride(3) if t.dim() == 5 else 0)
+    return flat, np.array(strides, dtype=np.int64)
 
 
 def forward(x, dt, A, B, C, D, dt_bias, *, block: int | None = None) -> torch.Tensor:
@@ -392,14 +438,14 @@ def forward(x, dt, A, B, C, D, dt_bias, *, block: int | None = None) -> torch.Te
     _check("forward", inputs)
     acc = ss2d_compute_dtype(*inputs)
     batch, height, width, channels = x.shape
-    y = torch.zeros(x.shape, dtype=acc)
+    y = torch.empty(x.shape, dtype=acc)  # the kernel writes every element
     if y.numel() == 0:
         return y
     _set_threads()
-    x_a, dt_a, A_a, B_a, C_a, D_a, bias_a = _arrays(acc, (x, dt, A.transpose(1, 2), B, C, D, dt_bias))
+    A_a, D_a, bias_a = _params(acc, A, D, dt_bias)
     _forward_compiled(
-        _flat(x_a), _flat(dt_a), A_a, _flat(B_a), _flat(C_a), D_a, bias_a, _flat(y.numpy()), height, width,
-        _block_size(batch, channels, block),
+        *_strided(x, acc), *_strided(dt, acc), A_a, *_strided(B, acc), *_strided(C, acc), D_a, bias_a,
+        y.view(batch, height * width, channels).numpy(), batch, height, width, _block_size(batch, channels, block),
     )  # fmt: skip
     return y
 
@@ -427,16 +473,17 @@ def backward(grad_y, x, dt, A, B, C, D, dt_bias, *, block: int | None = None, se
     if segment is None:
         segment = max(1, _SEGMENT_ELEMENTS // (state * min(block, channels)))
     segment = max(1, min(segment, length))
-    dy_a, x_a, dt_a, A_a, B_a, C_a, D_a, bias_a = _arrays(acc, (grad_y, x, dt, A.transpose(1, 2), B, C, D, dt_bias))
-    dx = torch.zeros(x.shape, dtype=acc)
-    ddt = torch.empty(dt.shape, dtype=acc)
-    dA_partial = torch.zeros((batch, 4, state, channels), dtype=acc)
-    dD_partial, dbias_partial = (torch.zeros((batch, 4, channels), dtype=acc) for _ in range(2))
+    A_a, D_a, bias_a = _params(acc, A, D, dt_bias)
+    # Every element of these is written by the kernel (dx: the first route's gradient, then the others added).
+    dx, ddt = torch.empty(x.shape, dtype=acc), torch.empty(dt.shape, dtype=acc)
+    dA_partial = torch.empty((batch, 4, state, channels), dtype=acc)
+    dD_partial, dbias_partial = (torch.empty((batch, 4, channels), dtype=acc) for _ in range(2))
     dB_partial, dC_partial = (torch.empty((blocks, batch, length, 4, state), dtype=acc) for _ in range(2))
     _backward_compiled(
-        _flat(dy_a), _flat(x_a), _flat(dt_a), A_a, _flat(B_a), _flat(C_a), D_a, bias_a,
-        _flat(dx.numpy()), _flat(ddt.numpy()), dA_partial.numpy(), dB_partial.numpy(), dC_partial.numpy(),
-        dD_partial.numpy(), dbias_partial.numpy(), np.ones((), dtype=x_a.dtype)[()], height, width, block, segment,
+        *_strided(grad_y, acc), *_strided(x, acc), *_strided(dt, acc), A_a, *_strided(B, acc), *_strided(C, acc),
+        D_a, bias_a, dx.view(batch, length, channels).numpy(), ddt.view(batch, length, 4, channels).numpy(),
+        dA_partial.numpy(), dB_partial.numpy(), dC_partial.numpy(), dD_partial.numpy(), dbias_partial.numpy(),
+        np.ones((), dtype=A_a.dtype)[()], batch, height, width, block, segment,
     )  # fmt: skip
     dA = dA_partial.sum(0).transpose(1, 2)
     dB, dC = (p.sum(0).view(B.shape) for p in (dB_partial, dC_partial))
