@@ -25,9 +25,11 @@ segment, at the cost of one more forward sweep. Sums over channels (dB, dC) go t
 reduced afterwards; sums over positions (dA, dD, d dt_bias) to per-image partials; no atomics anywhere.
 
 Compilation is lazy and cached: importing ``vmamba_kernels`` does not import this module; importing this module
-imports numba and defines the kernels, and the first call per dtype compiles them (seconds), cached on disk
+imports numba and defines the kernels, and the first call per compute dtype (float32, float64) compiles them (10-30
+seconds for forward and backward), cached on disk
 (``cache=True``: next to this file, else numba's user-wide cache directory; with no writable location at all the
-kernels compile in memory at every process start instead).
+kernels compile in memory at every process start instead). Float32 uses the module's own vectorisable exp and
+log1p (see ``_expf``), float64 libm's.
 """
 
 from __future__ import annotations
