@@ -457,8 +457,6 @@ def test_no_cuda_kernel_without_a_gpu():
 
     kernel, reason = vmamba_kernels.ss2d_kernel("cuda")
     assert kernel is None and "no CUDA device is available" in reason
-    kernel, reason = vmamba_kernels.ss2d_kernel("cpu")
-    assert kernel is None and "no compiled SS2D kernel for cpu" in reason
 
 
 def test_every_autotune_config_compiles_for_hopper_without_spills(sm90_results):

@@ -7,10 +7,12 @@ back to its PyTorch scan otherwise. A kernel is an object with ``forward(x, dt, 
 ``backward(grad_y, x, dt, A, B, C, D, dt_bias) -> 7 gradients`` following
 ``transformers_vmamba.selective_scan.check_ss2d_inputs`` (channels-last).
 
+- ``cpu``: the numba kernels of ``numba_ss2d`` (needs numba, a core dependency; compiled at the first call, then
+  cached on disk).
 - ``cuda``: the Triton kernels of ``triton_ss2d`` (needs Triton and a CUDA device).
 
-Importing this package never needs Triton: a kernel module is imported on first use, and ``ss2d_kernel`` says why
-none can run rather than raising.
+Importing this package imports neither numba nor Triton: a kernel module is imported on first use, and
+``ss2d_kernel`` says why none can run rather than raising.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ def _triton_kernel():
     return triton_ss2d, None
 
 
+def _numba_kernel():
+    """The numba module when numba imports, else (None, reason)."""
+    try:
+        from . import numba_ss2d
+    except Exception as err:  # ImportError without numba; other errors for broken installs (e.g. numpy mismatch)
+        return None, f"numba could not be imported ({type(err).__name__}: {err}); pip install numba"
+    return numba_ss2d, None
+
+
 def ss2d_kernel(device_type: str):
     """``(kernel, None)`` for the compiled SS2D kernel that runs on ``device_type`` tensors, or ``(None, reason)``.
 
@@ -42,6 +53,8 @@ def ss2d_kernel(device_type: str):
     if device_type not in _cache:
         if device_type == "cuda":
             _cache[device_type] = _triton_kernel()
+        elif device_type == "cpu":
+            _cache[device_type] = _numba_kernel()
         else:
             _cache[device_type] = (None, f"no compiled SS2D kernel for {device_type} devices in this version")
     return _cache[device_type]

@@ -1,0 +1,499 @@
+# Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
+"""numba kernels of the SS2D operator on CPU: ``forward`` and ``backward`` on channels-last tensors.
+
+The contract is ``transformers_vmamba.selective_scan.check_ss2d_inputs``: x (batch, H, W, C); dt (batch, H, W, 4, C)
+before bias and softplus; A (4, C, N); B, C (batch, H, W, 4, N); D, dt_bias (4, C); y (batch, H, W, C), the four
+routes' outputs summed, in float32 (float64 when an input is float64; float16/bfloat16 inputs are converted to
+float32 first). Inputs may have any strides: the kernels address x, dt, B, C (and dy) through their batch, row,
+column and route strides, so only a feature axis of stride != 1 or another dtype costs a copy (the model's
+float32 dt, a strided view of its projection, is read in place).
+
+Work split. One task owns a block of channels of one image, for all four routes, so it can add every route's output
+into y (and every route's input gradient into dx) with no race and no (batch, 4, ...) route copies. Tasks run in
+parallel (``prange`` over images x channel blocks, on ``torch.get_num_threads()`` numba threads). Inside a task each
+route walks the map's ``H * W`` positions in its order (row-major, column-major, then both reversed) by index
+arithmetic; at each position the innermost loops run over the block's channels, the contiguous axis of x, dt, y,
+so they vectorise and every position reads whole cache lines.
+
+Backward. The operator saves only its inputs, so the states are recomputed. The reverse (adjoint) sweep
+``g_t = C_t dy_t + a_{t+1} g_{t+1}`` needs ``h_{t-1}`` and ``a_t = exp(delta_t A)`` at every step: a task keeps them
+for one segment of its route at a time (``segment`` steps, sized so the two buffers stay about
+``_SEGMENT_ELEMENTS`` elements each). With more than one segment a first forward sweep stores the state entering
+every segment (a checkpoint), then each segment, last first, is recomputed from its checkpoint and swept backwards.
+For d_state 1 a VMamba-T route fits one segment (no checkpoint sweep); for d_state 16 memory stays bounded by the
+segment, at the cost of one more forward sweep. Sums over channels (dB, dC) go to per-channel-block partial buffers
+reduced afterwards; sums over positions (dA, dD, d dt_bias) to per-image partials; no atomics anywhere.
+
+Compilation is lazy and cached: importing ``vmamba_kernels`` does not import this module; importing this module
+imports numba and defines the kernels, and the first call per compute dtype (float32, float64) compiles them (10-30
+seconds for forward and backward), cached on disk
+(``cache=True``: next to this file, else numba's user-wide cache directory; with no writable location at all the
+kernels compile in memory at every process start instead). Float32 uses the module's own vectorisable exp and
+log1p (see ``_expf``), float64 libm's.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir as llvm_ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+from transformers_vmamba.selective_scan import check_ss2d_inputs, ss2d_compute_dtype
+
+
+# Floating-point flags of the kernels: everything but finite-math assumptions (-inf/inf/NaN must behave) and
+# approximate functions; reassociation lets LLVM vectorise the channel sums of dB and dC.
+FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+# Elements (segment steps x states x block channels) of each of the backward's two per-task segment buffers.
+_SEGMENT_ELEMENTS = 1 << 17
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+CACHING = True  # whether the kernels are cached on disk (False when numba found no writable cache location)
+
+
+def _jit(fn):
+    """``njit(parallel=True, cache=True)``; without any writable cache location numba refuses ``cache=True`` when
+    the function is defined, so compile in memory instead."""
+    global CACHING
+    options = dict(parallel=True, fastmath=FASTMATH, nogil=True)
+    try:
+        return njit(cache=True, **options)(fn)
+    except RuntimeError as err:  # "cannot cache function ...: no locator available for file ..."
+        if "cannot cache" not in str(err):
+            raise
+        CACHING = False
+        warnings.warn(f"vmamba_kernels.numba_ss2d: {err}; compiling without an on-disk cache", stacklevel=2)
+        return njit(cache=False, **options)(fn)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _pixel(k, t, height, width, length):
+    """(row, col) of route ``k``'s step ``t``: routes 0 and 1 read the map row by row and column by column, routes 2
+    and 3 are those two reversed."""
+    if k >= 2:
+        t = length - 1 - t
+    if k == 1 or k == 3:
+        return t % height, t // height
+    return t // width, t % width
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _at(strides, b, row, col, k):
+    """Offset of (image b, pixel (row, col), route k) in a flat input with element strides (batch, H, W, route); the
+    channel (or state) axis that follows has stride 1."""
+    return b * strides[0] + row * strides[1] + col * strides[2] + k * strides[3]
+
+
+# Float32 exp and log1p as plain arithmetic (Cephes' expf/logf polynomials), so that LLVM vectorises the channel
+# loops that use them: numba's math.exp/math.log1p are libm calls, which stay scalar without Intel's SVML (the
+# softplus alone then costs ~50 ns per element). Relative errors below 3e-7 (2.5 float32 ulp) in the normal range;
+# results below 1.2e-38 flush to zero. Float64 keeps libm. The helpers are compiled without reassociation, which
+# would undo the split-constant range reduction.
+_HELPER_MATH = {"contract", "nsz"}
+_f32 = np.float32
+_ZERO, _HALF, _ONE = _f32(0.0), _f32(0.5), _f32(1.0)
+_LOG2E, _LN2_HI, _LN2_LO = _f32(1.44269504088896341), _f32(0.693359375), _f32(-2.12194440e-4)
+_EXP_LOW, _EXP_HIGH = _f32(-87.33654), _f32(88.0)  # exp(-87.34) = 2**-126, exp(88) < 2**127
+_SQRT2_M1 = _f32(0.41421356)
+_E0, _E1, _E2, _E3, _E4, _E5 = (
+    _f32(c)
+    for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+)
+_L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8 = (
+    _f32(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+                      -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+)  # fmt: skip
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the low 32 bits of an int64 (an LLVM bitcast: vectorises)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.trunc(args[0], llvm_ir.IntType(32)), llvm_ir.FloatType())
+
+    return types.float32(types.int64), codegen
+
+
+# The float32 helpers are branch-free (selects as arithmetic) and inlined into the kernels at numba's IR level:
+# left to LLVM they stay calls, and the channel loops do not vectorise (4x slower, measured).
+@njit(inline="always", fastmath=_HELPER_MATH)
+def _expf(x):
+    """exp(x) for float32 x <= 88; 0 below -87.3 (where exp(x) < 2**-126)."""
+    clamped = min(max(x, _EXP_LOW), _EXP_HIGH)
+    n = math.floor(clamped * _LOG2E + _HALF)
+    nf = _f32(n)
+    r = clamped - nf * _LN2_HI - nf * _LN2_LO
+    p = ((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5
+    p = p * r * r + r + _ONE
+    return p * _float32_from_bits((n + 127) << 23) * _f32(x >= _EXP_LOW)
+
+
+@njit(inline="always", fastmath=_HELPER_MATH)
+def _log1pf(e):
+    """log(1 + e) for float32 e in [0, 1]: Cephes' logf polynomial on the mantissa of 1 + e, written in e so that
+    small e keeps full relative precision: f = e (k = 0) below sqrt(2) - 1, else f = (e - 1) / 2 (k = 1)."""
+    k = _f32(e >= _SQRT2_M1)
+    f = (e - k) * (_ONE - _HALF * k)
+    z = f * f
+    y = f * z * ((((((((_L0 * f + _L1) * f + _L2) * f + _L3) * f + _L4) * f + _L5) * f + _L6) * f + _L7) * f + _L8)
+    return f + (y + k * _LN2_LO - _HALF * z) + k * _LN2_HI
+
+
+@njit(inline="always", fastmath=_HELPER_MATH)
+def _softplusf(z):
+    # Past torch's threshold (20) log1p(exp(-z)) < 2e-9 is below half a float32 ulp of z: the sum is z exactly.
+    return max(z, _ZERO) + _log1pf(_expf(-abs(z)))
+
+
+@njit(inline="always", fastmath=_HELPER_MATH)
+def _sigmoidf(z):
+    return _ONE / (_ONE + _expf(-z))
+
+
+@njit(fastmath=_HELPER_MATH)
+def _softplus64(z):
+    # torch's softplus (beta 1, threshold 20).
+    return z if z > 20.0 else math.log1p(math.exp(z))
+
+
+@njit(fastmath=_HELPER_MATH)
+def _sigmoid64(z):
+    if z > 20.0:  # torch's softplus gradient past the threshold
+        return 1.0
+    e = math.exp(-abs(z))
+    return 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
+
+
+def _exp(x):  # typed by the overloads below: float32 -> the helpers above, float64 -> libm
+    raise NotImplementedError
+
+
+def _softplus(z):
+    raise NotImplementedError
+
+
+def _softplus_grad(z):
+    raise NotImplementedError
+
+
+@overload(_exp, inline="always", jit_options=dict(fastmath=_HELPER_MATH))
+def _exp_typed(x):
+    if x == types.float32:
+        return lambda x: _expf(x)
+    return lambda x: math.exp(x)
+
+
+@overload(_softplus, inline="always", jit_options=dict(fastmath=_HELPER_MATH))
+def _softplus_typed(z):
+    if z == types.float32:
+        return lambda z: _softplusf(z)
+    return lambda z: _softplus64(z)
+
+
+@overload(_softplus_grad, inline="always", jit_options=dict(fastmath=_HELPER_MATH))
+def _softplus_grad_typed(z):
+    if z == types.float32:
+        return lambda z: _sigmoidf(z)
+    return lambda z: _sigmoid64(z)
+
+
+def _forward_kernel(x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, y, batch, height, width, block):
+    """x, dt, Bm, Cm: flat inputs (batch, H, W, C), (batch, H, W, 4, C), (batch, H, W, 4, N) with element strides
+    xs, dts, Bs, Cs (batch, H, W, route; see ``_at``). At (4, N, C); D, bias (4, C); y (batch, H * W, C), written."""
+    length = height * width
+    channels = y.shape[2]
+    states = At.shape[1]
+    blocks = (channels + block - 1) // block
+    for task in prange(batch * blocks):
+        b = task // blocks
+        c0 = (task % blocks) * block
+        width_c = min(c0 + block, channels) - c0
+        h = np.empty((states, width_c), dtype=x.dtype)
+        delta = np.empty(width_c, dtype=x.dtype)
+        drive = np.empty(width_c, dtype=x.dtype)
+        out = np.empty(width_c, dtype=x.dtype)
+        for k in range(4):
+            h[:, :] = 0.0
+            for t in range(length):
+                row, col = _pixel(k, t, height, width, length)
+                p = row * width + col
+                xo = _at(xs, b, row, col, 0)
+                dto = _at(dts, b, row, col, k)
+                bo = _at(Bs, b, row, col, k)
+                co = _at(Cs, b, row, col, k)
+                for i in range(width_c):
+                    c = c0 + i
+                    d = _softplus(dt[dto + c] + bias[k, c])
+                    xv = x[xo + c]
+                    delta[i] = d
+                    drive[i] = d * xv
+                    out[i] = D[k, c] * xv
+                for n in range(states):
+                    bn = Bm[bo + n]
+                    cn = Cm[co + n]
+                    for i in range(width_c):
+                        hv = _exp(delta[i] * At[k, n, c0 + i]) * h[n, i] + drive[i] * bn
+                        h[n, i] = hv
+                        out[i] += cn * hv
+                if k == 0:  # y starts as the first route's output: no zero fill
+                    for i in range(width_c):
+                        y[b, p, c0 + i] = out[i]
+                else:
+                    for i in range(width_c):
+                        y[b, p, c0 + i] += out[i]
+
+
+def _backward_kernel(
+    dy, dys, x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, dx, ddt, dAp, dBp, dCp, dDp, dbiasp, one,
+    batch, height, width, block, segment,
+):  # fmt: skip
+    """Inputs as in ``_forward_kernel`` plus dy, flat like x with strides dys. Outputs (contiguous, with the
+    positions flattened, L = H * W; every element written): dx (batch, L, C); ddt (batch, L, 4, C);
+    dAp (batch, 4, N, C), dDp, dbiasp (batch, 4, C) per-image partials; dBp, dCp (blocks, batch, L, 4, N)
+    per-channel-block partials. ``one`` is 1 in the compute dtype."""
+    length = height * width
+    channels = dx.shape[2]
+    states = At.shape[1]
+    blocks = (channels + block - 1) // block
+    segments = (length + segment - 1) // segment
+    zero = one - one
+    for task in prange(batch * blocks):
+        b = task // blocks
+        blk = task % blocks
+        c0 = blk * block
+        width_c = min(c0 + block, channels) - c0
+        h = np.empty((states, width_c), dtype=x.dtype)
+        carry = np.empty((states, width_c), dtype=x.dtype)  # a_{t+1} g_{t+1}
+        grad_A = np.empty((states, width_c), dtype=x.dtype)
+        checkpoints = np.zeros((segments, states, width_c), dtype=x.dtype)
+        h_prev = np.empty((segment, states, width_c), dtype=x.dtype)
+        decay = np.empty((segment, states, width_c), dtype=x.dtype)
+        delta = np.empty((segment, width_c), dtype=x.dtype)
+        grad_delta = np.empty(width_c, dtype=x.dtype)
+        grad_x = np.empty(width_c, dtype=x.dtype)
+        grad_D = np.empty(width_c, dtype=x.dtype)
+        grad_bias = np.empty(width_c, dtype=x.dtype)
+        for k in range(4):
+            # Checkpoint sweep: the state entering each segment (only when there is more than one).
+            if segments > 1:
+                h[:, :] = zero
+                for t in range((segments - 1) * segment):
+                    if t % segment == 0:
+                        checkpoints[t // segment] = h
+                    row, col = _pixel(k, t, height, width, length)
+                    xo = _at(xs, b, row, col, 0) + c0
+                    dto = _at(dts, b, row, col, k) + c0
+                    bo = _at(Bs, b, row, col, k)
+                    for i in range(width_c):
+                        d = _softplus(dt[dto + i] + bias[k, c0 + i])
+                        delta[0, i] = d
+                        grad_x[i] = d * x[xo + i]  # scratch: the step's input
+                    for n in range(states):
+                        bn = Bm[bo + n]
+                        for i in range(width_c):
+                            h[n, i] = _exp(delta[0, i] * At[k, n, c0 + i]) * h[n, i] + grad_x[i] * bn
+                checkpoints[segments - 1] = h
+            carry[:, :] = zero
+            grad_A[:, :] = zero
+            grad_D[:] = zero
+            grad_bias[:] = zero
+            for s in range(segments - 1, -1, -1):
+                t0 = s * segment
+                t1 = min(t0 + segment, length)
+                # Recompute the segment from its checkpoint, keeping h_{t-1}, a_t and delta_t.
+                h[:, :] = checkpoints[s]
+                for t in range(t0, t1):
+                    j = t - t0
+                    row, col = _pixel(k, t, height, width, length)
+                    xo = _at(xs, b, row, col, 0) + c0
+                    dto = _at(dts, b, row, col, k) + c0
+                    bo = _at(Bs, b, row, col, k)
+                    for i in range(width_c):
+                        d = _softplus(dt[dto + i] + bias[k, c0 + i])
+                        delta[j, i] = d
+                        grad_x[i] = d * x[xo + i]  # scratch: the step's input
+                    for n in range(states):
+                        bn = Bm[bo + n]
+                        for i in range(width_c):
+                            a = _exp(delta[j, i] * At[k, n, c0 + i])
+                            h_prev[j, n, i] = h[n, i]
+                            decay[j, n, i] = a
+                            h[n, i] = a * h[n, i] + grad_x[i] * bn
+                # Reverse sweep of the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}.
+                for t in range(t1 - 1, t0 - 1, -1):
+                    j = t - t0
+                    row, col = _pixel(k, t, height, width, length)
+                    p = row * width + col
+                    xo = _at(xs, b, row, col, 0) + c0
+                    dyo = _at(dys, b, row, col, 0) + c0
+                    dto = _at(dts, b, row, col, k) + c0
+                    bo = _at(Bs, b, row, col, k)
+                    co = _at(Cs, b, row, col, k)
+                    for i in range(width_c):
+                        gy = dy[dyo + i]
+                        xv = x[xo + i]
+                        grad_delta[i] = zero
+                        grad_x[i] = D[k, c0 + i] * gy
+                        grad_D[i] += gy * xv
+                    for n in range(states):
+                        bn = Bm[bo + n]
+                        cn = Cm[co + n]
+                        grad_b = zero
+                        grad_c = zero
+                        for i in range(width_c):
+                            c = c0 + i
+                            d = delta[j, i]
+                            xv = x[xo + i]
+                            gy = dy[dyo + i]
+                            carried = decay[j, n, i] * h_prev[j, n, i]  # a_t h_{t-1}
+                            g = cn * gy + carry[n, i]
+                            grad_c += gy * (carried + d * xv * bn)  # dy_t h_t
+                            grad_b += g * d * xv
+                            grad_A[n, i] += g * d * carried
+                            grad_delta[i] += g * (At[k, n, c] * carried + bn * xv)
+                            grad_x[i] += g * d * bn
+                            carry[n, i] = decay[j, n, i] * g
+                        dBp[blk, b, p, k, n] = grad_b
+                        dCp[blk, b, p, k, n] = grad_c
+                    for i in range(width_c):
+                        c = c0 + i
+                        g_dt = grad_delta[i] * _softplus_grad(dt[dto + i] + bias[k, c])
+                        ddt[b, p, k, c] = g_dt
+                        grad_bias[i] += g_dt
+                    if k == 0:  # dx starts as the first route's gradient: no zero fill
+                        for i in range(width_c):
+                            dx[b, p, c0 + i] = grad_x[i]
+                    else:
+                        for i in range(width_c):
+                            dx[b, p, c0 + i] += grad_x[i]
+            for i in range(width_c):
+                c = c0 + i
+                for n in range(states):
+                    dAp[b, k, n, c] = grad_A[n, i]
+                dDp[b, k, c] = grad_D[i]
+                dbiasp[b, k, c] = grad_bias[i]
+
+
+_forward_compiled = _jit(_forward_kernel)
+_backward_compiled = _jit(_backward_kernel)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Launch functions (the operator contract; no autograd, no op registration: that is transformers_vmamba.ss2d).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check(name: str, tensors) -> None:
+    check_ss2d_inputs(*tensors)
+    for t in tensors:
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"numba ss2d {name}: inputs must be float16/bfloat16/float32/float64, got {t.dtype}")
+    if tensors[0].device.type != "cpu":
+        raise RuntimeError(f"numba ss2d {name}: the numba kernels need CPU tensors, got {tensors[0].device}")
+
+
+def _set_threads() -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _block_size(batch: int, channels: int, block: int | None) -> int:
+    """Channels per task: 64 (wider blocks amortise each position's index arithmetic: 64 beat 16 and 32 by up to 20%
+    at 1 thread on VMamba-T shapes, 128 was slower), narrower when that leaves fewer than two tasks per thread
+    (small batches of few channels), never below 8."""
+    if block is not None:
+        if block < 1:
+            raise ValueError(f"numba ss2d: block must be positive, got {block}")
+        return block
+    block = 64
+    while block > 8 and batch * -(-channels // block) < 2 * numba.get_num_threads():
+        block //= 2
+    return block
+
+
+def _params(acc: torch.dtype, A, D, dt_bias):
+    """A as (4, N, C), D and dt_bias, contiguous numpy arrays in the compute dtype (tiny)."""
+    return [t.detach().to(acc).contiguous().numpy() for t in (A.transpose(1, 2), D, dt_bias)]
+
+
+def _strided(t: torch.Tensor, acc: torch.dtype):
+    """(flat numpy view, element strides (batch, H, W, route)) of a (batch, H, W, F) or (batch, H, W, 4, F) input
+    in the compute dtype. No copy when the dtype matches and the feature axis has stride 1 (e.g. the model's dt,
+    whose route axis is not the slowest, or a channel slice); otherwise a contiguous copy."""
+    t = t.detach().to(acc)
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        t = t.contiguous()
+    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    flat = t.as_strided((span,), (1,), t.storage_offset()).numpy()
+    strides = (*t.stride()[:3], t.stride(3) if t.dim() == 5 else 0)
+    return flat, np.array(strides, dtype=np.int64)
+
+
+def forward(x, dt, A, B, C, D, dt_bias, *, block: int | None = None) -> torch.Tensor:
+    """y (batch, H, W, C) of the SS2D contract, in float32 (float64 for float64 inputs). ``block`` pins the number
+    of channels per task (tests use it to get several channel blocks on tiny inputs)."""
+    inputs = (x, dt, A, B, C, D, dt_bias)
+    _check("forward", inputs)
+    acc = ss2d_compute_dtype(*inputs)
+    batch, height, width, channels = x.shape
+    y = torch.empty(x.shape, dtype=acc)  # the kernel writes every element
+    if y.numel() == 0:
+        return y
+    _set_threads()
+    A_a, D_a, bias_a = _params(acc, A, D, dt_bias)
+    _forward_compiled(
+        *_strided(x, acc), *_strided(dt, acc), A_a, *_strided(B, acc), *_strided(C, acc), D_a, bias_a,
+        y.view(batch, height * width, channels).numpy(), batch, height, width, _block_size(batch, channels, block),
+    )  # fmt: skip
+    return y
+
+
+def backward(grad_y, x, dt, A, B, C, D, dt_bias, *, block: int | None = None, segment: int | None = None):
+    """Gradients of ``forward`` with respect to (x, dt, A, B, C, D, dt_bias), each in its input's dtype. Recomputes
+    the states from the inputs (see the module docstring); ``block`` as in ``forward``, ``segment`` pins the
+    backward's segment length (tests use it to force checkpoints)."""
+    inputs = (x, dt, A, B, C, D, dt_bias)
+    _check("backward", inputs)
+    if grad_y.shape != x.shape or grad_y.device != x.device or not grad_y.is_floating_point():
+        raise ValueError(
+            f"numba ss2d backward: grad_y must be a floating-point {tuple(x.shape)} tensor on {x.device}, got "
+            f"{grad_y.dtype} {tuple(grad_y.shape)} on {grad_y.device}"
+        )
+    acc = ss2d_compute_dtype(*inputs)
+    batch, height, width, channels = x.shape
+    state = A.shape[2]
+    length = height * width
+    if x.numel() == 0:
+        return tuple(torch.zeros(t.shape, dtype=t.dtype) for t in inputs)
+    _set_threads()
+    block = _block_size(batch, channels, block)
+    blocks = -(-channels // block)
+    if segment is None:
+        segment = max(1, _SEGMENT_ELEMENTS // (state * min(block, channels)))
+    segment = max(1, min(segment, length))
+    A_a, D_a, bias_a = _params(acc, A, D, dt_bias)
+    # Every element of these is written by the kernel (dx: the first route's gradient, then the others added).
+    dx, ddt = torch.empty(x.shape, dtype=acc), torch.empty(dt.shape, dtype=acc)
+    dA_partial = torch.empty((batch, 4, state, channels), dtype=acc)
+    dD_partial, dbias_partial = (torch.empty((batch, 4, channels), dtype=acc) for _ in range(2))
+    dB_partial, dC_partial = (torch.empty((blocks, batch, length, 4, state), dtype=acc) for _ in range(2))
+    _backward_compiled(
+        *_strided(grad_y, acc), *_strided(x, acc), *_strided(dt, acc), A_a, *_strided(B, acc), *_strided(C, acc),
+        D_a, bias_a, dx.view(batch, length, channels).numpy(), ddt.view(batch, length, 4, channels).numpy(),
+        dA_partial.numpy(), dB_partial.numpy(), dC_partial.numpy(), dD_partial.numpy(), dbias_partial.numpy(),
+        np.ones((), dtype=A_a.dtype)[()], batch, height, width, block, segment,
+    )  # fmt: skip
+    dA = dA_partial.sum(0).transpose(1, 2)
+    dB, dC = (p.sum(0).view(B.shape) for p in (dB_partial, dC_partial))
+    grads = (dx, ddt, dA, dB, dC, dD_partial.sum(0), dbias_partial.sum(0))
+    return tuple(g.to(t.dtype).contiguous() if g.dtype != t.dtype or not g.is_contiguous() else g
+                 for g, t in zip(grads, inputs))  # fmt: skip
+
+
+__all__ = ["FASTMATH", "backward", "forward"]
