@@ -20,7 +20,7 @@ count. The kernels move more than the minimum (each route re-reads x and re-adds
 its states), so the percentage is an efficiency, not a traffic measurement.
 
     python benchmarks/bench_cpu_ss2d_kernel.py --threads 2            # print the table
-    python benchmarks/bench_cpu_ss2d_kernel.py --threads 2 --write    # also RESULTS_cpu_ss2d_kernel.md and .json
+    python benchmarks/bench_cpu_ss2d_kernel.py --threads 2 --write    # also RESULTS_cpu_ss2d_kernel_2threads.md, .json
     python benchmarks/bench_cpu_ss2d_kernel.py --quick                # batch 1 only, fewer rounds
     python benchmarks/bench_cpu_ss2d_kernel.py --smoke                # tiny shapes: checks the script (seconds)
 """
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, two rounds: checks the script only")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case and mode")
     parser.add_argument("--cases", nargs="+", default=None, help="case names to run (default: all)")
-    parser.add_argument("--write", action="store_true", help="write RESULTS_cpu_ss2d_kernel.md and .json")
+    parser.add_argument("--write", action="store_true", help="write RESULTS_cpu_ss2d_kernel_<N>threads.md and .json")
     parser.add_argument("--out_dir", type=Path, default=HERE, help="where --write puts its files")
     args = parser.parse_args(argv)
 
@@ -210,10 +210,11 @@ def main(argv: list[str] | None = None) -> dict:
     text = markdown(results, env, command.strip())
     if args.write:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / "RESULTS_cpu_ss2d_kernel.md").write_text(text)
+        stem = f"cpu_ss2d_kernel_{args.threads}threads"  # one file per thread count
+        (args.out_dir / f"RESULTS_{stem}.md").write_text(text)
         payload = {"environment": env, "command": command, "results": results}
-        (args.out_dir / "results_cpu_ss2d_kernel.json").write_text(json.dumps(payload, indent=1))
-        print(f"wrote {args.out_dir / 'RESULTS_cpu_ss2d_kernel.md'}")
+        (args.out_dir / f"results_{stem}.json").write_text(json.dumps(payload, indent=1))
+        print(f"wrote {args.out_dir / f'RESULTS_{stem}.md'}")
     return results
 
 

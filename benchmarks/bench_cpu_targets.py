@@ -12,7 +12,8 @@ shifts every model alike:
 Random weights, float32. Writes ``RESULTS_cpu_targets.md`` and ``results_cpu_targets.json`` next to this script
 with ``--write`` (``--quick``: a few rounds, for a smoke run; never written over the full results).
 
-    python benchmarks/bench_cpu_targets.py --threads 1,2 --write
+    python benchmarks/bench_cpu_targets.py --threads 1,2 --skip_compile --write
+    python benchmarks/bench_cpu_targets.py --threads 2 --skip_train --name cpu_targets_compiled --write
     python benchmarks/bench_cpu_targets.py --quick --skip_compile
 """
 
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip_compile", action="store_true")
     parser.add_argument("--skip_train", action="store_true")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset (Swin-T always runs)")
-    parser.add_argument("--write", action="store_true", help="write RESULTS_cpu_targets.md and the JSON")
+    parser.add_argument("--write", action="store_true", help="write RESULTS_<name>.md and results_<name>.json")
+    parser.add_argument("--name", default="cpu_targets", help="results file name (e.g. cpu_targets_compiled)")
     parser.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--memory_probe", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -246,8 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     report = markdown(results)
     print(report)
     if args.write and not args.quick:
-        write_atomic(HERE / "RESULTS_cpu_targets.md", report + "\n")
-        write_atomic(HERE / "results_cpu_targets.json", json.dumps(results, indent=2) + "\n")
+        write_atomic(HERE / f"RESULTS_{args.name}.md", report + "\n")
+        write_atomic(HERE / f"results_{args.name}.json", json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
