@@ -34,6 +34,19 @@ from .original_checkpoint import (
 __version__ = "0.1.0"
 
 
+def _processor_class(backend: str | None, pil_class: type, torchvision_name: str) -> type:
+    """The PIL or torchvision flavour of a Transformers image processor (default: torchvision when installed)."""
+    if backend is None:
+        backend = "torchvision" if is_torchvision_available() else "pil"
+    if backend == "pil":
+        return pil_class
+    if backend == "torchvision":
+        import transformers
+
+        return getattr(transformers, torchvision_name)
+    raise ValueError(f"backend must be 'pil' or 'torchvision', got {backend!r}")
+
+
 def default_image_processor(backend: str | None = None):
     """The original evaluation transform as a Transformers image processor.
 
@@ -41,16 +54,7 @@ def default_image_processor(backend: str | None = None):
     normalise with the ImageNet mean/std. Transformers' ConvNeXt processor does exactly this. `backend` is "pil"
     or "torchvision"; the default is torchvision when installed, else PIL.
     """
-    if backend is None:
-        backend = "torchvision" if is_torchvision_available() else "pil"
-    if backend == "pil":
-        processor_class = ConvNextImageProcessorPil
-    elif backend == "torchvision":
-        from transformers import ConvNextImageProcessor
-
-        processor_class = ConvNextImageProcessor
-    else:
-        raise ValueError(f"backend must be 'pil' or 'torchvision', got {backend!r}")
+    processor_class = _processor_class(backend, ConvNextImageProcessorPil, "ConvNextImageProcessor")
     return processor_class(
         do_resize=True,
         size={"shortest_edge": 224},
@@ -78,16 +82,7 @@ def segmentation_image_processor(backend: str | None = None, *, reduce_labels: b
     `reduce_labels` maps label 0 to 255 (ignored) and k to k-1 in segmentation maps, as the original's ADE20K
     dataset (``reduce_zero_label``). `backend` is "pil" or "torchvision" (default torchvision when installed).
     """
-    if backend is None:
-        backend = "torchvision" if is_torchvision_available() else "pil"
-    if backend == "pil":
-        processor_class = SegformerImageProcessorPil
-    elif backend == "torchvision":
-        from transformers import SegformerImageProcessor
-
-        processor_class = SegformerImageProcessor
-    else:
-        raise ValueError(f"backend must be 'pil' or 'torchvision', got {backend!r}")
+    processor_class = _processor_class(backend, SegformerImageProcessorPil, "SegformerImageProcessor")
     return processor_class(
         do_resize=True,
         size={"shortest_edge": 512, "longest_edge": 2048},
