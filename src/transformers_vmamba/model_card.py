@@ -116,30 +116,11 @@ def build_model_card(
             else f"Its {num_labels} classes carry generic names (`LABEL_0`, ...)."
         )
     usage = BACKBONE_USAGE if backbone else CLASSIFIER_USAGE
-    text = f"""---
-{data.to_yaml()}
----
-
-# {title}
-
-VMamba is a vision backbone built from Visual State-Space (VSS) blocks: its SS2D module runs a selective
-scan (Mamba) along four routes over the feature map, which gives a global receptive field in linear time.
-This repository holds {origin}, converted to a Hugging Face Transformers model with
-`vmamba-convert` from the transformers-vmamba project. {labels_note}
-
-{chr(10).join(facts)}
-
-## Usage
-
-{usage.format(model_id=model_id)}
-
-## Citation
-
-```bibtex
-{PAPER_CITATION}
-```
-"""
-    return ModelCard(text)
+    holds = (
+        f"This repository holds {origin}, converted to a Hugging Face Transformers model with\n"
+        f"`vmamba-convert` from the transformers-vmamba project. {labels_note}"
+    )
+    return _card(data, title, holds, facts, usage.format(model_id=model_id))
 
 
 CLASSIFIER_USAGE = """The modelling code ships with the weights, so `trust_remote_code=True` is enough. With the
@@ -287,6 +268,17 @@ def build_segmentation_model_card(
         f"at commit `{ORIGINAL_COMMIT}`; heads: mmsegmentation's UPerHead and FCNHead"
     )
     facts.append(f"- Paper: [VMamba: Visual State Space Model]({PAPER_URL})")
+    holds = (
+        "This repository holds a whole semantic-segmentation model of the original authors' code (an mmsegmentation\n"
+        "UperNet with a VMamba backbone), converted to Transformers' `UperNetForSemanticSegmentation` with\n"
+        "`vmamba-convert` from the transformers-vmamba project."
+    )
+    return _card(data, title, holds, facts, SEGMENTATION_USAGE.format(model_id=model_id))
+
+
+def _card(data, title: str, holds: str, facts: list[str], usage: str) -> ModelCard:
+    """The card text shared by every converted model: metadata, what VMamba is, what this repository holds, the
+    facts, usage and citation."""
     text = f"""---
 {data.to_yaml()}
 ---
@@ -295,15 +287,13 @@ def build_segmentation_model_card(
 
 VMamba is a vision backbone built from Visual State-Space (VSS) blocks: its SS2D module runs a selective
 scan (Mamba) along four routes over the feature map, which gives a global receptive field in linear time.
-This repository holds a whole semantic-segmentation model of the original authors' code (an mmsegmentation
-UperNet with a VMamba backbone), converted to Transformers' `UperNetForSemanticSegmentation` with
-`vmamba-convert` from the transformers-vmamba project.
+{holds}
 
 {chr(10).join(facts)}
 
 ## Usage
 
-{SEGMENTATION_USAGE.format(model_id=model_id)}
+{usage}
 
 ## Citation
 
