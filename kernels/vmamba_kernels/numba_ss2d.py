@@ -214,40 +214,48 @@ def _forward_kernel(x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, y, batch, heigh
     for task in prange(batch * blocks):
         b = task // blocks
         c0 = (task % blocks) * block
-        width_c = min(c0 + block, channels) - c0
+        c1 = min(c0 + block, channels)
+        width_c = c1 - c0
         h = np.empty((states, width_c), dtype=x.dtype)
         delta = np.empty(width_c, dtype=x.dtype)
         drive = np.empty(width_c, dtype=x.dtype)
         out = np.empty(width_c, dtype=x.dtype)
         for k in range(4):
             h[:, :] = 0.0
+            bias_k = bias[k, c0:c1]
+            D_k = D[k, c0:c1]
             for t in range(length):
                 row, col = _pixel(k, t, height, width, length)
-                p = row * width + col
-                xo = _at(xs, b, row, col, 0)
-                dto = _at(dts, b, row, col, k)
+                # Slices of this position's channel block: the inner loops then index from 0, so LLVM sees
+                # contiguous accesses and vectorises them (an offset index costs a wraparound check per element).
+                xo = _at(xs, b, row, col, 0) + c0
+                x_p = x[xo : xo + width_c]
+                dto = _at(dts, b, row, col, k) + c0
+                dt_p = dt[dto : dto + width_c]
                 bo = _at(Bs, b, row, col, k)
                 co = _at(Cs, b, row, col, k)
                 for i in range(width_c):
-                    c = c0 + i
-                    d = _softplus(dt[dto + c] + bias[k, c])
-                    xv = x[xo + c]
+                    d = _softplus(dt_p[i] + bias_k[i])
+                    xv = x_p[i]
                     delta[i] = d
                     drive[i] = d * xv
-                    out[i] = D[k, c] * xv
+                    out[i] = D_k[i] * xv
                 for n in range(states):
                     bn = Bm[bo + n]
                     cn = Cm[co + n]
+                    A_kn = At[k, n, c0:c1]
+                    h_n = h[n]
                     for i in range(width_c):
-                        hv = _exp(delta[i] * At[k, n, c0 + i]) * h[n, i] + drive[i] * bn
-                        h[n, i] = hv
+                        hv = _exp(delta[i] * A_kn[i]) * h_n[i] + drive[i] * bn
+                        h_n[i] = hv
                         out[i] += cn * hv
+                y_p = y[b, row * width + col, c0:c1]
                 if k == 0:  # y starts as the first route's output: no zero fill
                     for i in range(width_c):
-                        y[b, p, c0 + i] = out[i]
+                        y_p[i] = out[i]
                 else:
                     for i in range(width_c):
-                        y[b, p, c0 + i] += out[i]
+                        y_p[i] += out[i]
 
 
 def _backward_kernel(
@@ -268,7 +276,8 @@ def _backward_kernel(
         b = task // blocks
         blk = task % blocks
         c0 = blk * block
-        width_c = min(c0 + block, channels) - c0
+        c1 = min(c0 + block, channels)
+        width_c = c1 - c0
         h = np.empty((states, width_c), dtype=x.dtype)
         carry = np.empty((states, width_c), dtype=x.dtype)  # a_{t+1} g_{t+1}
         grad_A = np.empty((states, width_c), dtype=x.dtype)
@@ -281,24 +290,32 @@ def _backward_kernel(
         grad_D = np.empty(width_c, dtype=x.dtype)
         grad_bias = np.empty(width_c, dtype=x.dtype)
         for k in range(4):
+            bias_k = bias[k, c0:c1]
+            D_k = D[k, c0:c1]
+            # (Inner loops index slices from 0 so that they vectorise; see ``_forward_kernel``.)
             # Checkpoint sweep: the state entering each segment (only when there is more than one).
             if segments > 1:
                 h[:, :] = zero
+                delta_0 = delta[0]
                 for t in range((segments - 1) * segment):
                     if t % segment == 0:
                         checkpoints[t // segment] = h
                     row, col = _pixel(k, t, height, width, length)
                     xo = _at(xs, b, row, col, 0) + c0
+                    x_p = x[xo : xo + width_c]
                     dto = _at(dts, b, row, col, k) + c0
+                    dt_p = dt[dto : dto + width_c]
                     bo = _at(Bs, b, row, col, k)
                     for i in range(width_c):
-                        d = _softplus(dt[dto + i] + bias[k, c0 + i])
-                        delta[0, i] = d
-                        grad_x[i] = d * x[xo + i]  # scratch: the step's input
+                        d = _softplus(dt_p[i] + bias_k[i])
+                        delta_0[i] = d
+                        grad_x[i] = d * x_p[i]  # scratch: the step's input
                     for n in range(states):
                         bn = Bm[bo + n]
+                        A_kn = At[k, n, c0:c1]
+                        h_n = h[n]
                         for i in range(width_c):
-                            h[n, i] = _exp(delta[0, i] * At[k, n, c0 + i]) * h[n, i] + grad_x[i] * bn
+                            h_n[i] = _exp(delta_0[i] * A_kn[i]) * h_n[i] + grad_x[i] * bn
                 checkpoints[segments - 1] = h
             carry[:, :] = zero
             grad_A[:, :] = zero
@@ -313,66 +330,81 @@ def _backward_kernel(
                     j = t - t0
                     row, col = _pixel(k, t, height, width, length)
                     xo = _at(xs, b, row, col, 0) + c0
+                    x_p = x[xo : xo + width_c]
                     dto = _at(dts, b, row, col, k) + c0
+                    dt_p = dt[dto : dto + width_c]
                     bo = _at(Bs, b, row, col, k)
+                    delta_j = delta[j]
                     for i in range(width_c):
-                        d = _softplus(dt[dto + i] + bias[k, c0 + i])
-                        delta[j, i] = d
-                        grad_x[i] = d * x[xo + i]  # scratch: the step's input
+                        d = _softplus(dt_p[i] + bias_k[i])
+                        delta_j[i] = d
+                        grad_x[i] = d * x_p[i]  # scratch: the step's input
                     for n in range(states):
                         bn = Bm[bo + n]
+                        A_kn = At[k, n, c0:c1]
+                        h_n = h[n]
+                        h_prev_jn = h_prev[j, n]
+                        decay_jn = decay[j, n]
                         for i in range(width_c):
-                            a = _exp(delta[j, i] * At[k, n, c0 + i])
-                            h_prev[j, n, i] = h[n, i]
-                            decay[j, n, i] = a
-                            h[n, i] = a * h[n, i] + grad_x[i] * bn
+                            a = _exp(delta_j[i] * A_kn[i])
+                            h_prev_jn[i] = h_n[i]
+                            decay_jn[i] = a
+                            h_n[i] = a * h_n[i] + grad_x[i] * bn
                 # Reverse sweep of the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}.
                 for t in range(t1 - 1, t0 - 1, -1):
                     j = t - t0
                     row, col = _pixel(k, t, height, width, length)
                     p = row * width + col
                     xo = _at(xs, b, row, col, 0) + c0
+                    x_p = x[xo : xo + width_c]
                     dyo = _at(dys, b, row, col, 0) + c0
+                    dy_p = dy[dyo : dyo + width_c]
                     dto = _at(dts, b, row, col, k) + c0
+                    dt_p = dt[dto : dto + width_c]
                     bo = _at(Bs, b, row, col, k)
                     co = _at(Cs, b, row, col, k)
+                    delta_j = delta[j]
                     for i in range(width_c):
-                        gy = dy[dyo + i]
-                        xv = x[xo + i]
+                        gy = dy_p[i]
                         grad_delta[i] = zero
-                        grad_x[i] = D[k, c0 + i] * gy
-                        grad_D[i] += gy * xv
+                        grad_x[i] = D_k[i] * gy
+                        grad_D[i] += gy * x_p[i]
                     for n in range(states):
                         bn = Bm[bo + n]
                         cn = Cm[co + n]
+                        A_kn = At[k, n, c0:c1]
+                        h_prev_jn = h_prev[j, n]
+                        decay_jn = decay[j, n]
+                        carry_n = carry[n]
+                        grad_A_n = grad_A[n]
                         grad_b = zero
                         grad_c = zero
                         for i in range(width_c):
-                            c = c0 + i
-                            d = delta[j, i]
-                            xv = x[xo + i]
-                            gy = dy[dyo + i]
-                            carried = decay[j, n, i] * h_prev[j, n, i]  # a_t h_{t-1}
-                            g = cn * gy + carry[n, i]
+                            d = delta_j[i]
+                            xv = x_p[i]
+                            gy = dy_p[i]
+                            carried = decay_jn[i] * h_prev_jn[i]  # a_t h_{t-1}
+                            g = cn * gy + carry_n[i]
                             grad_c += gy * (carried + d * xv * bn)  # dy_t h_t
                             grad_b += g * d * xv
-                            grad_A[n, i] += g * d * carried
-                            grad_delta[i] += g * (At[k, n, c] * carried + bn * xv)
+                            grad_A_n[i] += g * d * carried
+                            grad_delta[i] += g * (A_kn[i] * carried + bn * xv)
                             grad_x[i] += g * d * bn
-                            carry[n, i] = decay[j, n, i] * g
+                            carry_n[i] = decay_jn[i] * g
                         dBp[blk, b, p, k, n] = grad_b
                         dCp[blk, b, p, k, n] = grad_c
+                    ddt_p = ddt[b, p, k, c0:c1]
                     for i in range(width_c):
-                        c = c0 + i
-                        g_dt = grad_delta[i] * _softplus_grad(dt[dto + i] + bias[k, c])
-                        ddt[b, p, k, c] = g_dt
+                        g_dt = grad_delta[i] * _softplus_grad(dt_p[i] + bias_k[i])
+                        ddt_p[i] = g_dt
                         grad_bias[i] += g_dt
+                    dx_p = dx[b, p, c0:c1]
                     if k == 0:  # dx starts as the first route's gradient: no zero fill
                         for i in range(width_c):
-                            dx[b, p, c0 + i] = grad_x[i]
+                            dx_p[i] = grad_x[i]
                     else:
                         for i in range(width_c):
-                            dx[b, p, c0 + i] += grad_x[i]
+                            dx_p[i] += grad_x[i]
             for i in range(width_c):
                 c = c0 + i
                 for n in range(states):
