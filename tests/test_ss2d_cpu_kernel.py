@@ -210,6 +210,38 @@ def test_numba_threads_follow_torch():
         assert numba.get_num_threads() == 2
 
 
+def test_a_model_forward_keeps_torchs_thread_count():
+    """Regression: launching numba's OpenMP pool (first kernel call of a process) reset the process-wide OpenMP
+    thread count, so ``torch.set_num_threads(1)`` silently stopped holding after the first VMamba forward."""
+    _run_child(
+        "import torch\n"
+        "from transformers_vmamba import VMambaConfig, VMambaForImageClassification\n"
+        "torch.set_num_threads(1)\n"
+        "config = VMambaConfig(hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)\n"
+        "model = VMambaForImageClassification(config)\n"
+        "model(torch.randn(1, 3, 32, 32), labels=torch.tensor([1])).loss.backward()\n"
+        "assert torch.get_num_threads() == 1, torch.get_num_threads()\n"
+    )
+
+
+def test_channel_blocks_keep_threads_busy_and_wide():
+    """The block choice: as wide as possible (whole images when there are enough of them), split only to give
+    every thread work, multiples of 8 channels when split."""
+    from vmamba_kernels.numba_ss2d import _block_size
+
+    assert _block_size(1, 96, None, threads=1) == 96
+    assert _block_size(1, 96, None, threads=2) == 48  # two tasks for two threads, not three (idle) or six (narrow)
+    assert _block_size(1, 768, None, threads=2) == 384
+    assert _block_size(8, 192, None, threads=2) == 192  # eight images already give each thread four tasks
+    assert _block_size(1, 5, None, threads=2) == 5
+    for batch in (1, 2, 3, 8):
+        for channels in (3, 17, 96, 100, 192, 384, 768):
+            for threads in (1, 2, 3, 4, 16):
+                width = _block_size(batch, channels, None, threads=threads)
+                assert 1 <= width <= channels and (width == channels or width % 8 == 0), (batch, channels, threads)
+    assert _block_size(1, 96, 7) == 7
+
+
 def test_bad_inputs_raise_clear_errors():
     from vmamba_kernels import numba_ss2d
 

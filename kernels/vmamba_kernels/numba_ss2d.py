@@ -20,9 +20,10 @@ Backward. The operator saves only its inputs, so the states are recomputed. The 
 for one segment of its route at a time (``segment`` steps, sized so the two buffers stay about
 ``_SEGMENT_ELEMENTS`` elements each). With more than one segment a first forward sweep stores the state entering
 every segment (a checkpoint), then each segment, last first, is recomputed from its checkpoint and swept backwards.
-For d_state 1 a VMamba-T route fits one segment (no checkpoint sweep); for d_state 16 memory stays bounded by the
-segment, at the cost of one more forward sweep. Sums over channels (dB, dC) go to per-channel-block partial buffers
-reduced afterwards; sums over positions (dA, dD, d dt_bias) to per-image partials; no atomics anywhere.
+For d_state 1 a VMamba-T route fits one segment (no checkpoint sweep) in blocks of up to 167 channels; for
+d_state 16 memory stays bounded by the segment, at the cost of one more forward sweep. Sums over channels (dB,
+dC) go to per-channel-block partial buffers reduced afterwards; sums over positions (dA, dD, d dt_bias) to
+per-image partials; no atomics anywhere.
 
 Compilation is lazy and cached: importing ``vmamba_kernels`` does not import this module; importing this module
 imports numba and defines the kernels, and the first call per compute dtype (float32, float64) compiles them (10-30
@@ -50,8 +51,10 @@ from transformers_vmamba.selective_scan import check_ss2d_inputs, ss2d_compute_d
 # Floating-point flags of the kernels: everything but finite-math assumptions (-inf/inf/NaN must behave) and
 # approximate functions; reassociation lets LLVM vectorise the channel sums of dB and dC.
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
-# Elements (segment steps x states x block channels) of each of the backward's two per-task segment buffers.
-_SEGMENT_ELEMENTS = 1 << 17
+# Elements (segment steps x states x block channels) of each of the backward's two per-task segment buffers (2 MiB
+# each in float32): one segment for a whole d_state-1 route of VMamba-T's first stage (3136 steps) up to 167
+# channels; 1 << 17 cost a checkpoint sweep there, 1.2-1.3x slower backward (measured).
+_SEGMENT_ELEMENTS = 1 << 19
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 CACHING = True  # whether the kernels are cached on disk (False when numba found no writable cache location)
@@ -432,21 +435,42 @@ def _check(name: str, tensors) -> None:
 
 
 def _set_threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Run on torch's thread count. The first call launches numba's thread pool, which with the OpenMP layer
+    resets the process-wide OpenMP thread count to all cores: put torch's back, or a user's
+    ``torch.set_num_threads(1)`` would silently stop holding after the first VMamba forward."""
+    wanted = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
-def _block_size(batch: int, channels: int, block: int | None) -> int:
-    """Channels per task: 64 (wider blocks amortise each position's index arithmetic: 64 beat 16 and 32 by up to 20%
-    at 1 thread on VMamba-T shapes, 128 was slower), narrower when that leaves fewer than two tasks per thread
-    (small batches of few channels), never below 8."""
+# Cost of one position of a task's route walk, in channel-equivalents (offsets, slices, loop set-up), for
+# ``_block_size``; with it the rule picks the fastest of the blocks measured on VMamba-T stage shapes (2 threads,
+# batch 1 and 8).
+_POSITION_OVERHEAD = 32
+
+
+def _block_size(batch: int, channels: int, block: int | None, threads: int | None = None) -> int:
+    """Channels per task. Few wide tasks beat many narrow ones (the channel loops vectorise best when long, and
+    every position costs offsets and loop set-up), but idle threads cost more: choose the split of each image's
+    channels that minimises rounds x (block + per-position overhead), rounds = tasks / threads rounded up, block
+    a multiple of 8. At batch 1 on 2 threads VMamba-T's stages get two blocks per image, 1.2-2x faster than the
+    fixed 64-channel blocks (halved down to 16) used before."""
     if block is not None:
         if block < 1:
             raise ValueError(f"numba ss2d: block must be positive, got {block}")
         return block
-    block = 64
-    while block > 8 and batch * -(-channels // block) < 2 * numba.get_num_threads():
-        block //= 2
-    return block
+    threads = threads or numba.get_num_threads()
+    best = None
+    for splits in range(1, -(-channels // 8) + 1):
+        width = min(channels, (-(-channels // splits) + 7) // 8 * 8)
+        tasks = batch * -(-channels // width)
+        cost = -(-tasks // threads) * (width + _POSITION_OVERHEAD)
+        if best is None or cost < best[0]:
+            best = (cost, width)
+        if tasks >= 4 * threads:
+            break
+    return best[1]
 
 
 def _params(acc: torch.dtype, A, D, dt_bias):
