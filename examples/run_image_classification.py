@@ -33,6 +33,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,10 +54,14 @@ from transformers.trainer_utils import get_last_checkpoint
 import transformers_vmamba  # registers VMamba with the Auto classes
 
 
+EXAMPLES_DIR = Path(__file__).resolve().parent
+if str(EXAMPLES_DIR) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES_DIR))
+from cpu_training import TORCH_THREADS_HELP, configure_cpu, use_gloo_ddp_without_accelerator  # noqa: E402
+
+
 logger = logging.getLogger(__name__)
 
-SMALL_MODEL_PARAMETERS = 5_000_000
-SMALL_MODEL_SLOWDOWN = "25-50x slower steps with the default threads than with one on 2 busy cores"
 
 
 @dataclass
@@ -99,14 +104,7 @@ class ModelArguments:
         default=True,
         metadata={"help": "Re-initialise the classifier head when the checkpoint's number of classes differs."},
     )
-    torch_threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "CPU intra-op threads per process. Default: 1 for models under 5M parameters trained on CPU "
-            "(tiny layers gain nothing from more threads, and on busy or small machines OpenMP threads stall each "
-            f"other: measured {SMALL_MODEL_SLOWDOWN}), otherwise torch's default."
-        },
-    )
+    torch_threads: int | None = field(default=None, metadata={"help": TORCH_THREADS_HELP})
 
 
 @dataclass
@@ -371,26 +369,8 @@ def build_model_and_processor(model_args: ModelArguments, label_names: list[str]
     return model, image_processor
 
 
-def configure_cpu(training_args: TrainingArguments, torch_threads: int | None, num_parameters: int) -> None:
-    """CPU training: pick the thread count (see --torch_threads) and turn off pinned memory, which only helps
-    copies to a GPU (Trainer otherwise warns on every CPU run)."""
-    if torch_threads is not None and torch_threads < 1:
-        raise ValueError(f"--torch_threads must be at least 1, got {torch_threads}")
-    if training_args.device.type != "cpu":
-        return
-    training_args.dataloader_pin_memory = False
-    if torch_threads is None and num_parameters < SMALL_MODEL_PARAMETERS:
-        torch_threads = 1
-        logger.info("CPU training of a small model: 1 thread per process (--torch_threads to change)")
-    if torch_threads is not None:
-        torch.set_num_threads(torch_threads)
-
-
 def main(argv: list[str] | None = None):
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
-        # Several processes on a machine without an accelerator (torchrun / accelerate launch): without this,
-        # Trainer would run each process alone instead of DDP over gloo. Set before TrainingArguments is parsed.
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    use_gloo_ddp_without_accelerator()  # before TrainingArguments is parsed
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
@@ -431,7 +411,7 @@ def main(argv: list[str] | None = None):
     model, image_processor = build_model_and_processor(model_args, label_names)
     image_processor = resize_image_processor(image_processor, model_args.image_size, model_args.crop_pct)
     logger.info("Model: %s, %.2fM parameters", type(model).__name__, model.num_parameters() / 1e6)
-    configure_cpu(training_args, model_args.torch_threads, model.num_parameters())
+    configure_cpu(training_args, model_args.torch_threads, model.num_parameters(), logger)
 
     image_col, label_col = data_args.image_column_name, data_args.label_column_name
     train_dataset = eval_dataset = None

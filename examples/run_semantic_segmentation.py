@@ -50,6 +50,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +70,12 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 import transformers_vmamba  # registers VMamba with the Auto classes
+
+
+EXAMPLES_DIR = Path(__file__).resolve().parent
+if str(EXAMPLES_DIR) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES_DIR))
+from cpu_training import TORCH_THREADS_HELP, configure_cpu, use_gloo_ddp_without_accelerator  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -104,6 +111,7 @@ class ModelArguments:
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache Hub downloads."})
     token: str | None = field(default=None, metadata={"help": "Hub token."})
+    torch_threads: int | None = field(default=None, metadata={"help": TORCH_THREADS_HELP})
 
 
 @dataclass
@@ -383,6 +391,7 @@ def build_image_processor(model_args: ModelArguments, reduce: bool):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    use_gloo_ddp_without_accelerator()  # before TrainingArguments is parsed
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
@@ -421,6 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
     image_processor = build_image_processor(model_args, data_args.reduce_labels)
     logger.info("Model: %s, %.2fM parameters, %d classes", type(model).__name__, model.num_parameters() / 1e6,
                 len(label_names))
+    configure_cpu(training_args, model_args.torch_threads, model.num_parameters(), logger)
 
     image_col, label_col = data_args.image_column_name, data_args.label_column_name
     crop_size = model_args.image_size or 512

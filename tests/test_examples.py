@@ -140,6 +140,41 @@ def test_train_transform_without_cropping_matches_eval_transform():
     assert cropped.shape == (3, 3, 24, 24)
 
 
+def test_cpu_training_defaults(monkeypatch, tmp_path):
+    """The CPU defaults both Trainer examples share: DDP over gloo when several processes have no accelerator, one
+    thread for small models (an explicit --torch_threads wins), no pinned memory."""
+    import logging
+
+    import cpu_training
+    from transformers import TrainingArguments
+
+    threads = torch.get_num_threads()
+    log = logging.getLogger("test")
+    try:
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+        torch.set_num_threads(2)
+        cpu_training.configure_cpu(args, None, 1_000_000, log)
+        assert torch.get_num_threads() == 1 and args.dataloader_pin_memory is False
+        torch.set_num_threads(2)
+        cpu_training.configure_cpu(args, None, 50_000_000, log)  # a large model keeps torch's default
+        assert torch.get_num_threads() == 2
+        cpu_training.configure_cpu(args, 3, 1_000_000, log)
+        assert torch.get_num_threads() == 3
+        with pytest.raises(ValueError, match="at least 1"):
+            cpu_training.configure_cpu(args, 0, 1_000_000, log)
+    finally:
+        torch.set_num_threads(threads)
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    cpu_training.use_gloo_ddp_without_accelerator()
+    assert "ACCELERATE_USE_CPU" not in os.environ
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cpu_training.use_gloo_ddp_without_accelerator()
+    assert os.environ["ACCELERATE_USE_CPU"] == "true"
+
+
 def test_bad_arguments_raise_clear_errors(monkeypatch):
     import huggingface_hub
 
