@@ -7,6 +7,7 @@
   machines OpenMP threads stall each other (measured: 25-50x slower steps with the default threads than with one on
   2 busy cores).
 - No pinned memory on CPU: it only helps copies to a GPU, and Trainer warns on every CPU run.
+- ``--fsdp`` on CPU is an error: accelerate (1.15) shards only on accelerators, and Trainer would silently run DDP.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def configure_cpu(
         raise ValueError(f"--torch_threads must be at least 1, got {torch_threads}")
     if training_args.device.type != "cpu":
         return
+    if training_args.fsdp:
+        # accelerate runs FSDP only on accelerators; on CPU processes Trainer would quietly train with DDP instead.
+        raise ValueError("--fsdp needs GPUs (or other accelerators): on CPU, several processes train with DDP")
     training_args.dataloader_pin_memory = False
     if torch_threads is None and num_parameters < SMALL_MODEL_PARAMETERS:
         torch_threads = 1

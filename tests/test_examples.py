@@ -162,6 +162,12 @@ def test_cpu_training_defaults(monkeypatch, tmp_path):
         assert torch.get_num_threads() == 3
         with pytest.raises(ValueError, match="at least 1"):
             cpu_training.configure_cpu(args, 0, 1_000_000, log)
+        sharded = TrainingArguments(
+            output_dir=str(tmp_path), use_cpu=True, report_to="none", fsdp="full_shard auto_wrap",
+            fsdp_config={"transformer_layer_cls_to_wrap": ["VMambaLayer"]},
+        )
+        with pytest.raises(ValueError, match="--fsdp needs GPUs"):  # not a silent fall-back to DDP
+            cpu_training.configure_cpu(sharded, None, 1_000_000, log)
     finally:
         torch.set_num_threads(threads)
 
