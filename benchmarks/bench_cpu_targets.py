@@ -5,7 +5,8 @@ Everything is a ratio to Swin-T measured in the same process (interleaved rounds
 shifts every model alike:
 
 - eager inference latency at 224x224, batch 1 and 8, for each thread count asked (``--threads 1,2``);
-- the same with ``torch.compile`` (inductor; compile time = the first call) unless ``--skip_compile``;
+- batch 1 with ``torch.compile`` (Inductor, plain and with freezing; compile time = the first call, from cold
+  caches), timed in the same rounds as eager, unless ``--skip_compile``;
 - a training step (forward + backward of the cross-entropy, batch 8, train mode) and its peak memory, measured as
   the growth of the resident set in a fresh process per model (torch's CPU allocator keeps no statistics).
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 
 # Compile times from cold caches: Inductor's on-disk caches would make every rerun look fast. Set before torch is
-# imported (importing transformers already fixes Inductor's cache folder).
+# imported (by the time main() runs, Inductor has already fixed its cache folder).
 _compiles = "--skip_compile" not in sys.argv and "--memory_probe" not in sys.argv
 if _compiles and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="bench_inductor_")

@@ -63,7 +63,6 @@ from cpu_training import TORCH_THREADS_HELP, configure_cpu, use_gloo_ddp_without
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class ModelArguments:
     """Which model to fine-tune and how to build it."""
