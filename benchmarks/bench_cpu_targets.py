@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import copy
+import ctypes
 import gc
 import json
 import os
@@ -48,7 +49,13 @@ from transformers import AutoModelForImageClassification, ConvNextConfig, SwinCo
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_models import _proc_status_kib, load_average, machine_info, write_atomic  # noqa: E402
+from bench_cpu_models import (  # noqa: E402
+    _proc_status_kib,
+    load_average,
+    machine_info,
+    scan_kernel_name,
+    write_atomic,
+)
 
 from transformers_vmamba import VMambaConfig  # noqa: E402
 
@@ -142,11 +149,19 @@ def compile_models(models: dict, batch: int) -> tuple[dict, dict]:
 
 
 def train_memory_probe(name: str, batch: int, threads: int) -> dict:
-    """Peak extra resident memory (MiB) of one training step; meant for a fresh process."""
+    """Peak extra resident memory (MiB) of one training step; meant for a fresh process. A small step first loads
+    what every process loads once (lazy imports, the scan kernels' compiled code, thread pools), which is not the
+    step's memory; its gradients are dropped so the measured step allocates them again."""
     torch.set_num_threads(threads)
     model = build(name, train=True)
+    model(torch.randn(1, 3, 224, 224), labels=torch.zeros(1, dtype=torch.long)).loss.backward()
+    model.zero_grad(set_to_none=True)
     inputs, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give the warm-up's freed memory back, so the step's counts
+    except OSError:
+        pass
     before = _proc_status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM (peak RSS) to the current RSS
@@ -216,16 +231,6 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {name} | {memory[name]:.0f} | {memory[name] / memory[BASELINE]:.2f}x |")
         lines.append("")
     return "\n".join(lines)
-
-
-def scan_kernel_name() -> str:
-    try:
-        import vmamba_kernels
-
-        kernel, reason = vmamba_kernels.ss2d_kernel("cpu")
-    except ImportError as error:
-        return f"none ({error})"
-    return kernel.__name__ if kernel is not None else f"none ({reason})"
 
 
 def main(argv: list[str] | None = None) -> None:
