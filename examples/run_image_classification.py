@@ -33,7 +33,6 @@ import os
 import random
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,11 +52,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import transformers_vmamba  # registers VMamba with the Auto classes
 
-
-EXAMPLES_DIR = Path(__file__).resolve().parent
-if str(EXAMPLES_DIR) not in sys.path:
-    sys.path.insert(0, str(EXAMPLES_DIR))
-from cpu_training import TORCH_THREADS_HELP, configure_cpu, use_gloo_ddp_without_accelerator  # noqa: E402
+from cpu_training import TORCH_THREADS_HELP, configure_cpu, use_gloo_ddp_without_accelerator  # beside this script
 
 
 logger = logging.getLogger(__name__)

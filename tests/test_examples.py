@@ -145,8 +145,9 @@ def test_cpu_training_defaults(monkeypatch, tmp_path):
     thread for small models (an explicit --torch_threads wins), no pinned memory."""
     import logging
 
-    import cpu_training
     from transformers import TrainingArguments
+
+    import cpu_training
 
     threads = torch.get_num_threads()
     log = logging.getLogger("test")
