@@ -284,7 +284,6 @@ def main(argv: list[str] | None = None) -> None:
                     for (name, m), r in zip(mode_medians.items(), ratios(mode_medians).values())
                 }
                 run["columns"].append(f"{mode} b1")
-            run["compile_seconds"] = {name: seconds["compiled", name] for name in models}
             del compiled
             torch._dynamo.reset()
         if not args.skip_train:
