@@ -195,6 +195,32 @@ def test_float32_exp_and_softplus_helpers_are_accurate():
         assert torch.isfinite(got).all(), name
 
 
+def test_kernels_ask_llvm_for_512_bit_vectors():
+    """The attribute reaches LLVM in a ``prange`` body (the function numba outlines), and on an AVX-512 host the
+    loop is compiled with 512-bit registers (LLVM's default tuning for recent Intel cores uses 256)."""
+    import llvmlite.binding
+    import numba
+    import numpy as np
+
+    from vmamba_kernels.numba_ss2d import _prefer_512_bit_vectors
+
+    @numba.njit(parallel=True, fastmath=True)
+    def double(a, out):
+        for t in numba.prange(a.shape[0]):
+            _prefer_512_bit_vectors()
+            row, out_row = a[t], out[t]
+            for i in range(row.shape[0]):
+                out_row[i] = row[i] * 2.0 + 1.0
+
+    a = np.arange(4000, dtype=np.float32).reshape(4, 1000)
+    out = np.empty_like(a)
+    double(a, out)
+    np.testing.assert_array_equal(out, a * 2 + 1)
+    assert '"prefer-vector-width"="512"' in "\n".join(double.inspect_llvm().values())
+    if "+avx512f" in llvmlite.binding.get_host_cpu_features().flatten():
+        assert "zmm" in "\n".join(double.inspect_asm().values())
+
+
 def test_numba_threads_follow_torch():
     import numba
 

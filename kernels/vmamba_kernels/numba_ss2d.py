@@ -115,13 +115,47 @@ _L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8 = (
 
 
 @intrinsic
-def _float32_from_bits(typingctx, bits):
-    """The float32 whose bit pattern is the low 32 bits of an int64 (an LLVM bitcast: vectorises)."""
+def _rint(typingctx, x):
+    """x rounded to the nearest integer, as a float32 (LLVM's rint: one vroundps per vector; numba's math.floor
+    returns an int64, which costs conversions through 64-bit lanes)."""
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.trunc(args[0], llvm_ir.IntType(32)), llvm_ir.FloatType())
+        fn = builder.module.declare_intrinsic("llvm.rint", [llvm_ir.FloatType()])
+        return builder.call(fn, args)
 
-    return types.float32(types.int64), codegen
+    return types.float32(types.float32), codegen
+
+
+@intrinsic
+def _pow2(typingctx, n):
+    """2**n as a float32 for an integral float32 n in [-126, 127]: the exponent field built in 32-bit lanes."""
+
+    def codegen(context, builder, signature, args):
+        i32 = llvm_ir.IntType(32)
+        biased = builder.add(builder.fptosi(args[0], i32), llvm_ir.Constant(i32, 127))
+        return builder.bitcast(builder.shl(biased, llvm_ir.Constant(i32, 23)), llvm_ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+@intrinsic
+def _prefer_512_bit_vectors(typingctx):
+    """Ask LLVM for 512-bit vectors in the calling function (called first in each kernel's ``prange`` body, which
+    numba compiles as a function of its own). LLVM's tuning for recent Intel cores prefers 256-bit vectors even with
+    AVX-512 (where wide vectors once lowered the clock); the kernels are compute-bound, and 512-bit channel loops
+    measured 1.05-1.3x faster here. A per-function attribute, so no other numba code changes; without AVX-512
+    LLVM keeps the widest legal vectors."""
+
+    def codegen(context, builder, signature, args):
+        # llvmlite's add() refuses names outside its list; LLVM takes string attributes as they are. Should a
+        # later llvmlite store attributes differently, the kernels compile at LLVM's default width instead.
+        try:
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        except TypeError:
+            pass
+        return context.get_dummy_value()
+
+    return types.none(), codegen
 
 
 # The float32 helpers are branch-free (selects as arithmetic) and inlined into the kernels at numba's IR level:
@@ -130,12 +164,11 @@ def _float32_from_bits(typingctx, bits):
 def _expf(x):
     """exp(x) for float32 x <= 88; 0 below -87.3 (where exp(x) < 2**-126)."""
     clamped = min(max(x, _EXP_LOW), _EXP_HIGH)
-    n = math.floor(clamped * _LOG2E + _HALF)
-    nf = _f32(n)
+    nf = _rint(clamped * _LOG2E)
     r = clamped - nf * _LN2_HI - nf * _LN2_LO
     p = ((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5
     p = p * r * r + r + _ONE
-    return p * _float32_from_bits((n + 127) << 23) * _f32(x >= _EXP_LOW)
+    return p * _pow2(nf) * _f32(x >= _EXP_LOW)
 
 
 @njit(inline="always", fastmath=_HELPER_MATH)
@@ -215,6 +248,7 @@ def _forward_kernel(x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, y, batch, heigh
     states = At.shape[1]
     blocks = (channels + block - 1) // block
     for task in prange(batch * blocks):
+        _prefer_512_bit_vectors()
         b = task // blocks
         c0 = (task % blocks) * block
         c1 = min(c0 + block, channels)
@@ -276,6 +310,7 @@ def _backward_kernel(
     segments = (length + segment - 1) // segment
     zero = one - one
     for task in prange(batch * blocks):
+        _prefer_512_bit_vectors()
         b = task // blocks
         blk = task % blocks
         c0 = blk * block
