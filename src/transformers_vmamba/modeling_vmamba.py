@@ -171,8 +171,8 @@ class VMambaSS2D(nn.Module):
             features,
             dt,
             A,
-            B.contiguous(),
-            C.contiguous(),
+            B,
+            C,
             self.D.to(scan_dtype).view(NUM_DIRECTIONS, self.inner_size),
             self.dt_proj_bias.to(scan_dtype),
         )
