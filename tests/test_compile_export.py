@@ -64,7 +64,7 @@ def test_export_with_dynamic_batch_and_image_size(variant, strict, mode):
     dims = {0: Dim("batch", min=1, max=32), 2: Dim("height", min=64, max=512), 3: Dim("width", min=64, max=512)}
     program = export(model, (torch.randn(2, 3, 64, 96),), dynamic_shapes={"pixel_values": dims}, strict=strict)
     ops = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
-    assert "vmamba.ss2d_scan.default" in ops
+    assert "vmamba.ss2d_scan_low_rank.default" in ops
     exported = program.module()
     for shape in ((3, 3, 72, 80), (1, 3, 130, 66)):
         pixel_values = torch.randn(shape)

@@ -19,7 +19,7 @@ from transformers_vmamba.selective_scan import (
     selective_scan_reference,
     ss2d_reference,
 )
-from transformers_vmamba.ss2d import ss2d_scan
+from transformers_vmamba.ss2d import ss2d_scan, ss2d_scan_low_rank
 from transformers_vmamba.testing_utils import make_scan_inputs, make_ss2d_inputs
 
 
@@ -334,6 +334,73 @@ def test_ss2d_operator_registration_passes_opcheck(monkeypatch):
     torch.library.opcheck(torch.ops.vmamba.ss2d_scan.default, args)
     grad_y = torch.randn(2, 3, 5, 2)
     torch.library.opcheck(torch.ops.vmamba.ss2d_scan_backward.default, [grad_y, *[t.detach() for t in args]])
+
+
+def low_rank_inputs(batch, height, width, channels, state, rank, seed=0, **kwargs):
+    """SS2D inputs with dt replaced by per-route low-rank factors; dt_low_rank is a strided slice of a wider
+    projection, as in the model."""
+    inputs = make_ss2d_inputs(batch, height, width, channels, state, seed=seed, **kwargs)
+    generator = torch.Generator().manual_seed(seed + 1)
+    projection = torch.randn(batch, height, width, 4, rank + 3, dtype=torch.float64, generator=generator)
+    dt_weight = torch.randn(4, channels, rank, dtype=torch.float64, generator=generator) / math.sqrt(rank)
+    inputs.pop("dt")
+    dtype = inputs["x"].dtype
+    return {"dt_low_rank": projection[..., 1 : rank + 1].to(dtype), "dt_weight": dt_weight.to(dtype), **inputs}
+
+
+def ss2d_low_rank_by_definition(dt_low_rank, dt_weight, **inputs):
+    return ss2d_by_definition(dt=torch.einsum("bhwkr,kdr->bhwkd", dt_low_rank, dt_weight), **inputs)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("batch,height,width,channels,state,rank", [(2, 5, 7, 6, 1, 2), (1, 4, 3, 5, 16, 3)])
+def test_low_rank_operator_matches_definition(batch, height, width, channels, state, rank, backend, monkeypatch):
+    """``ss2d_scan_low_rank`` (what the model calls; dt formed inside, recomputed in backward): values and all
+    eight gradients against the independent formulation with dt formed outside, float64 and float32, on the
+    PyTorch path and on the kernel the machine has."""
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", backend)
+    inputs = low_rank_inputs(batch, height, width, channels, state, rank)
+    assert not inputs["dt_low_rank"].is_contiguous()
+    upstream = torch.randn(batch, height, width, channels, dtype=torch.float64)
+    y_ref, grads_ref = values_and_grads(ss2d_low_rank_by_definition, inputs, upstream)
+    for dtype, rel in ((torch.float64, FLOAT64_REL), (torch.float32, FLOAT32_REL)):
+        y, grads = values_and_grads(ss2d_scan_low_rank, {n: t.to(dtype) for n, t in inputs.items()}, upstream)
+        assert y.dtype == dtype
+        assert_close_scaled(y, y_ref, rel, f"{dtype} y")
+        for name, grad in grads_ref.items():
+            assert grads[name].dtype == dtype and grads[name].shape == inputs[name].shape
+            assert_close_scaled(grads[name], grad, rel, f"{dtype} grad {name}")
+    empty = low_rank_inputs(0, 3, 2, 4, 1, 2)
+    y, grads = values_and_grads(ss2d_scan_low_rank, empty, torch.zeros(0, 3, 2, 4))
+    assert y.shape == (0, 3, 2, 4) and float(grads["dt_weight"].abs().sum()) == 0.0
+
+
+def test_low_rank_operator_keeps_no_dt_for_backward():
+    """Autograd keeps the operator's inputs, never the (batch, H, W, 4, C) dt it forms."""
+    inputs = {n: t.requires_grad_() for n, t in low_rank_inputs(1, 6, 5, 8, 1, 2).items()}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        ss2d_scan_low_rank(**inputs).sum().backward()
+    assert saved and (1, 6, 5, 4, 8) not in saved
+    assert all(inputs[n].grad is not None for n in inputs)
+
+
+def test_low_rank_operator_rejects_bad_inputs_and_passes_opcheck(monkeypatch):
+    monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "torch")
+    inputs = low_rank_inputs(2, 3, 5, 4, 2, 3, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"dt_low_rank \(2, 3, 5, 4, 2\) and dt_weight \(4, 4, 3\) do not fit"):
+        ss2d_scan_low_rank(**{**inputs, "dt_low_rank": inputs["dt_low_rank"][..., :2]})
+    with pytest.raises(ValueError, match=r"expected dt_low_rank \(2, 3, 5, 4, 3\) and dt_weight \(4, 4, rank\)"):
+        ss2d_scan_low_rank(**{**inputs, "dt_weight": inputs["dt_weight"][:, :3]})
+    with pytest.raises(TypeError, match="dt_weight must be a floating-point tensor"):
+        ss2d_scan_low_rank(**{**inputs, "dt_weight": inputs["dt_weight"].long()})
+    with pytest.raises(ValueError, match="all inputs must be on one device"):
+        ss2d_scan_low_rank(**{**inputs, "dt_weight": inputs["dt_weight"].to("meta")})
+    order = ("x", "dt_low_rank", "dt_weight", "A", "B", "C", "D", "dt_bias")
+    args = [inputs[name].detach().requires_grad_() for name in order]
+    torch.library.opcheck(torch.ops.vmamba.ss2d_scan_low_rank.default, args)
+    backward_args = [torch.randn(2, 3, 5, 4), *[t.detach() for t in args]]
+    torch.library.opcheck(torch.ops.vmamba.ss2d_scan_low_rank_backward.default, backward_args)
 
 
 def test_ss2d_operator_is_one_graph_node_under_torch_compile(monkeypatch):

@@ -33,7 +33,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vmamba import VMambaConfig
-from .ss2d import requested_backend, ss2d_scan
+from .ss2d import requested_backend, ss2d_scan_low_rank
 
 
 logger = logging.get_logger(__name__)
@@ -164,12 +164,13 @@ class VMambaSS2D(nn.Module):
         projected = F.linear(features, self.x_proj_weight.flatten(0, 1))
         projected = projected.view(batch, height, width, NUM_DIRECTIONS, self.dt_rank + 2 * self.state_size)
         dt_low_rank, B, C = projected.split([self.dt_rank, self.state_size, self.state_size], dim=-1)
-        dt = torch.einsum("bhwkr,kdr->bhwkd", dt_low_rank, self.dt_proj_weight)
         scan_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         A = -torch.exp(self.A_log.to(scan_dtype)).view(NUM_DIRECTIONS, self.inner_size, self.state_size)
-        scanned = ss2d_scan(
+        # dt = dt_low_rank @ dt_proj_weight per direction, formed inside the operator (not kept for backward).
+        scanned = ss2d_scan_low_rank(
             features,
-            dt,
+            dt_low_rank,
+            self.dt_proj_weight,
             A,
             B,
             C,

@@ -1,9 +1,10 @@
 # Copyright 2026 The transformers-vmamba authors. Licensed under the MIT license.
 """ONNX export: an ONNX translation of the SS2D operator and ``export_onnx`` for whole models.
 
-``torch.onnx.export(..., dynamo=True)`` turns every ``torch.ops.vmamba.ss2d_scan`` node into standard ONNX
-operators through ``ss2d_scan_onnx`` (pass ``custom_translation_table=onnx_translation_table()``;
-``export_onnx`` does that for you). No custom ONNX operator is needed, so any ONNX runtime runs the result.
+``torch.onnx.export(..., dynamo=True)`` turns every SS2D node (``torch.ops.vmamba.ss2d_scan_low_rank``, which
+the model calls, and ``torch.ops.vmamba.ss2d_scan``) into standard ONNX operators through ``ss2d_scan_onnx``
+(pass ``custom_translation_table=onnx_translation_table()``; ``export_onnx`` does that for you). No custom
+ONNX operator is needed, so any ONNX runtime runs the result.
 
 How the scan is written in ONNX. The per-pixel terms (delta = softplus(dt + bias), the log-decay delta A and the
 input delta B x) are formed once on the channels-last map for all four routes. The routes are then scanned as two
@@ -131,10 +132,23 @@ def ss2d_scan_onnx(x, dt, A, B, C, D, dt_bias):
     return y
 
 
-def onnx_translation_table() -> dict:
-    """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)`` of any model using the SS2D op."""
+def ss2d_scan_low_rank_onnx(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias):
+    """ONNX translation of ``torch.ops.vmamba.ss2d_scan_low_rank`` (the operator the model calls): dt from its
+    low-rank factors with one ``Einsum``, then ``ss2d_scan_onnx``."""
     _require_onnxscript()
-    return {torch.ops.vmamba.ss2d_scan.default: ss2d_scan_onnx}
+    from onnxscript import opset18 as op
+
+    dt = op.Einsum(dt_low_rank, dt_weight, equation="bhwkr,kdr->bhwkd")
+    return ss2d_scan_onnx(x, dt, A, B, C, D, dt_bias)
+
+
+def onnx_translation_table() -> dict:
+    """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)`` of any model using the SS2D ops."""
+    _require_onnxscript()
+    return {
+        torch.ops.vmamba.ss2d_scan.default: ss2d_scan_onnx,
+        torch.ops.vmamba.ss2d_scan_low_rank.default: ss2d_scan_low_rank_onnx,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,4 +251,4 @@ def export_onnx(
     return path
 
 
-__all__ = ["export_onnx", "onnx_translation_table", "ss2d_scan_onnx"]
+__all__ = ["export_onnx", "onnx_translation_table", "ss2d_scan_low_rank_onnx", "ss2d_scan_onnx"]

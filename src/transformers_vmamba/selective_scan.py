@@ -432,8 +432,11 @@ def check_ss2d_inputs(x, dt, A, B, C, D, dt_bias) -> None:
     """Shape and dtype checks of the SS2D contract, shared by every implementation (torch, numba, Triton).
 
     x (batch, H, W, C); dt (batch, H, W, 4, C); A (4, C, N); B, C (batch, H, W, 4, N); D, dt_bias (4, C).
+    ``dt`` may be a dict of named tensors instead (the low-rank factors of ``ss2d.ss2d_scan_low_rank``, whose
+    shapes that function checks): they are then checked for dtype and device only.
     """
-    tensors = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias}
+    dt_parts = dt if isinstance(dt, dict) else {"dt": dt}
+    tensors = {"x": x, **dt_parts, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias}
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             raise TypeError(f"ss2d: {name} must be a floating-point tensor, got {getattr(tensor, 'dtype', tensor)}")
@@ -444,7 +447,7 @@ def check_ss2d_inputs(x, dt, A, B, C, D, dt_bias) -> None:
     batch, height, width, channels = x.shape
     state = A.shape[2]
     expected = {
-        "dt": (batch, height, width, 4, channels),
+        **({"dt": (batch, height, width, 4, channels)} if "dt" in dt_parts else {}),
         "A": (4, channels, state),
         "B": (batch, height, width, 4, state),
         "C": (batch, height, width, 4, state),

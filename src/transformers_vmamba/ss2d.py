@@ -129,6 +129,79 @@ def _define_operator():
 _define_operator()
 
 
+def low_rank_dt(dt_low_rank: torch.Tensor, dt_weight: torch.Tensor) -> torch.Tensor:
+    """dt (batch, H, W, 4, C) from its per-route low-rank factors (batch, H, W, 4, R) and (4, C, R)."""
+    return torch.einsum("bhwkr,kdr->bhwkd", dt_low_rank, dt_weight)
+
+
+def _define_low_rank_operator():
+    """Register ``vmamba::ss2d_scan_low_rank`` and its backward once per process (see ``_define_operator``).
+
+    The model's dt is a rank-R projection per route, (batch, H, W, 4, C) with R = C / 16: formed inside the
+    operator and again in its backward, it is never kept for backward (for Vanilla-VMamba-T it was 29% of the
+    activations a block keeps), at the cost of one small matmul in the backward."""
+    try:
+        torch.ops.vmamba.ss2d_scan_low_rank
+        return
+    except AttributeError:
+        pass
+
+    @torch.library.custom_op("vmamba::ss2d_scan_low_rank", mutates_args=())
+    def ss2d_scan_low_rank_op(
+        x: torch.Tensor,
+        dt_low_rank: torch.Tensor,
+        dt_weight: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor,
+        dt_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        forward, _ = implementation(x.device)
+        return forward(x, low_rank_dt(dt_low_rank, dt_weight), A, B, C, D, dt_bias)
+
+    @ss2d_scan_low_rank_op.register_fake
+    def _(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias):
+        return x.new_empty(x.shape, dtype=ss2d_compute_dtype(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias))
+
+    @torch.library.custom_op("vmamba::ss2d_scan_low_rank_backward", mutates_args=())
+    def ss2d_scan_low_rank_backward_op(
+        grad_y: torch.Tensor,
+        x: torch.Tensor,
+        dt_low_rank: torch.Tensor,
+        dt_weight: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor,
+        dt_bias: torch.Tensor,
+    ) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+    ]:
+        _, backward = implementation(x.device)
+        dt = low_rank_dt(dt_low_rank, dt_weight)
+        dx, ddt, dA, dB, dC, dD, dbias = backward(grad_y, x, dt, A, B, C, D, dt_bias)
+        grad_low_rank = torch.einsum("bhwkd,kdr->bhwkr", ddt, dt_weight).contiguous()  # contiguous, like the fake
+        grad_weight = torch.einsum("bhwkd,bhwkr->kdr", ddt, dt_low_rank).contiguous()
+        return dx, grad_low_rank, grad_weight, dA, dB, dC, dD, dbias
+
+    @ss2d_scan_low_rank_backward_op.register_fake
+    def _(grad_y, x, dt_low_rank, dt_weight, A, B, C, D, dt_bias):
+        inputs = (x, dt_low_rank, dt_weight, A, B, C, D, dt_bias)
+        return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in inputs)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad_y):
+        return torch.ops.vmamba.ss2d_scan_low_rank_backward(grad_y, *ctx.saved_tensors)
+
+    ss2d_scan_low_rank_op.register_autograd(backward, setup_context=setup_context)
+
+
+_define_low_rank_operator()
+
+
 def ss2d_scan(x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
     """The SS2D scan of a channels-last map: checks the inputs, then runs ``torch.ops.vmamba.ss2d_scan``.
 
@@ -140,4 +213,26 @@ def ss2d_scan(x, dt, A, B, C, D, dt_bias) -> torch.Tensor:
     return torch.ops.vmamba.ss2d_scan(x, dt, A, B, C, D, dt_bias)
 
 
-__all__ = ["BACKENDS", "BACKEND_ENV_VAR", "implementation", "requested_backend", "ss2d_scan"]
+def ss2d_scan_low_rank(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias) -> torch.Tensor:
+    """``ss2d_scan`` with dt given as per-route low-rank factors, dt = ``low_rank_dt(dt_low_rank, dt_weight)``:
+    dt_low_rank (batch, H, W, 4, R), dt_weight (4, C, R). What the model calls: dt is formed inside the operator
+    (``torch.ops.vmamba.ss2d_scan_low_rank``) and recomputed in its backward instead of being kept for it."""
+    check_ss2d_inputs(x, {"dt_low_rank": dt_low_rank, "dt_weight": dt_weight}, A, B, C, D, dt_bias)
+    expected = (*x.shape[:3], 4, dt_weight.shape[-1])
+    if dt_weight.dim() != 3 or tuple(dt_low_rank.shape) != expected or tuple(dt_weight.shape[:2]) != (4, x.shape[3]):
+        raise ValueError(
+            f"ss2d: dt_low_rank {tuple(dt_low_rank.shape)} and dt_weight {tuple(dt_weight.shape)} do not fit x "
+            f"{tuple(x.shape)}: expected dt_low_rank {expected} and dt_weight (4, {x.shape[3]}, rank)"
+        )
+    return torch.ops.vmamba.ss2d_scan_low_rank(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias)
+
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV_VAR",
+    "implementation",
+    "low_rank_dt",
+    "requested_backend",
+    "ss2d_scan",
+    "ss2d_scan_low_rank",
+]
