@@ -2,8 +2,10 @@
 """VMamba's SS2D scan as one PyTorch operator, ``torch.ops.vmamba.ss2d_scan``, with a kernel per device.
 
 One operator (with a registered fake and a backward operator) keeps the whole scan a single node for
-``torch.compile`` (no graph break), ``torch.export`` and ONNX export, whatever runs inside. Inside, the fastest
-available implementation runs, chosen per call the way Transformers' Mamba picks its kernels:
+``torch.compile`` (no graph break), ``torch.export`` and ONNX export, whatever runs inside. The model calls its
+low-rank form, ``torch.ops.vmamba.ss2d_scan_low_rank``, which also forms dt from its per-route factors (so that
+training does not keep dt). Inside, the fastest available implementation runs, chosen per call the way
+Transformers' Mamba picks its kernels:
 
 - a compiled kernel from the ``vmamba_kernels`` package when it can run on the inputs' device (numba on CPU,
   Triton on CUDA);
