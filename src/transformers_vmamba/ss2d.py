@@ -139,9 +139,10 @@ def low_rank_dt(dt_low_rank: torch.Tensor, dt_weight: torch.Tensor) -> torch.Ten
 def _define_low_rank_operator():
     """Register ``vmamba::ss2d_scan_low_rank`` and its backward once per process (see ``_define_operator``).
 
-    The model's dt is a rank-R projection per route, (batch, H, W, 4, C) with R = C / 16: formed inside the
-    operator and again in its backward, it is never kept for backward (for Vanilla-VMamba-T it was 29% of the
-    activations a block keeps), at the cost of one small matmul in the backward."""
+    The model's dt, (batch, H, W, 4, C), is a rank-R projection per route (by default R = the stage's width / 16,
+    rounded up): formed inside the operator and again in its backward, it is never kept for backward (for
+    Vanilla-VMamba-T it was 29% of the activations a block keeps), at the cost of one small matmul in the
+    backward."""
     try:
         torch.ops.vmamba.ss2d_scan_low_rank
         return
