@@ -75,14 +75,29 @@ def implementation(device: torch.device):
     return ss2d_forward_torch, ss2d_backward_torch
 
 
+def _registered(name: str) -> bool:
+    """Whether ``vmamba::<name>`` is registered already (the package and a Hub remote-code copy of this file may
+    both be imported; the first registration serves both, they share the contract)."""
+    return hasattr(torch.ops.vmamba, name)
+
+
+def _autograd_from_saved_inputs(op, backward_op) -> None:
+    """Autograd for an operator whose backward operator takes grad_y and the operator's own inputs: they are saved
+    as they are, nothing else."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad_y):
+        return backward_op(grad_y, *ctx.saved_tensors)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
 def _define_operator():
-    """Register ``vmamba::ss2d_scan`` and its backward once per process (the package and a Hub remote-code copy
-    of this file may both be imported; the first registration serves both, they share the contract)."""
-    try:
-        torch.ops.vmamba.ss2d_scan
+    """Register ``vmamba::ss2d_scan`` and its backward once per process (see ``_registered``)."""
+    if _registered("ss2d_scan"):
         return
-    except AttributeError:
-        pass
 
     @torch.library.custom_op("vmamba::ss2d_scan", mutates_args=())
     def ss2d_scan_op(
@@ -119,13 +134,7 @@ def _define_operator():
     def _(grad_y, x, dt, A, B, C, D, dt_bias):
         return tuple(torch.empty_like(t) for t in (x, dt, A, B, C, D, dt_bias))
 
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def backward(ctx, grad_y):
-        return torch.ops.vmamba.ss2d_scan_backward(grad_y, *ctx.saved_tensors)
-
-    ss2d_scan_op.register_autograd(backward, setup_context=setup_context)
+    _autograd_from_saved_inputs(ss2d_scan_op, torch.ops.vmamba.ss2d_scan_backward)
 
 
 _define_operator()
@@ -137,17 +146,14 @@ def low_rank_dt(dt_low_rank: torch.Tensor, dt_weight: torch.Tensor) -> torch.Ten
 
 
 def _define_low_rank_operator():
-    """Register ``vmamba::ss2d_scan_low_rank`` and its backward once per process (see ``_define_operator``).
+    """Register ``vmamba::ss2d_scan_low_rank`` and its backward once per process (see ``_registered``).
 
     The model's dt, (batch, H, W, 4, C), is a rank-R projection per route (by default R = the stage's width / 16,
     rounded up): formed inside the operator and again in its backward, it is never kept for backward (for
     Vanilla-VMamba-T it was 29% of the activations a block keeps), at the cost of one small matmul in the
     backward."""
-    try:
-        torch.ops.vmamba.ss2d_scan_low_rank
+    if _registered("ss2d_scan_low_rank"):
         return
-    except AttributeError:
-        pass
 
     @torch.library.custom_op("vmamba::ss2d_scan_low_rank", mutates_args=())
     def ss2d_scan_low_rank_op(
@@ -193,13 +199,7 @@ def _define_low_rank_operator():
         inputs = (x, dt_low_rank, dt_weight, A, B, C, D, dt_bias)
         return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in inputs)
 
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def backward(ctx, grad_y):
-        return torch.ops.vmamba.ss2d_scan_low_rank_backward(grad_y, *ctx.saved_tensors)
-
-    ss2d_scan_low_rank_op.register_autograd(backward, setup_context=setup_context)
+    _autograd_from_saved_inputs(ss2d_scan_low_rank_op, torch.ops.vmamba.ss2d_scan_low_rank_backward)
 
 
 _define_low_rank_operator()
