@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformers_vmamba.selective_scan import ss2d_reference
+from transformers_vmamba.selective_scan import low_rank_dt, ss2d_reference
 from transformers_vmamba.testing_utils import make_ss2d_inputs
 
 
@@ -63,6 +63,16 @@ CASES = {
     "bf16-N16-2x2": dict(batch=1, height=2, width=2, channels=2, state=16, dtype="bfloat16", params="float32"),
     "f16-N4-2x3": dict(batch=1, height=2, width=3, channels=3, state=4, dtype="float16"),
 }  # fmt: skip
+# The same checks with dt given as low-rank factors (``forward_low_rank``/``backward_low_rank``: dt formed inside the
+# kernel); rank 1 and larger, the factors a strided slice of a wider projection as in the model.
+LOW_RANK_CASES = {
+    f"{name}-rank{rank}": dict(CASES[name], rank=rank)
+    for name, rank in (
+        ("f64-N1-3x5-auto", 3), ("f64-N1-2x7-two-channel-blocks", 1), ("f64-N16-4x3-segments", 2),
+        ("f64-N2-odd-7x9-segments", 4), ("f64-N1-noncontiguous-3x4", 2), ("f64-batch0", 2),
+        ("f32-N1-12x10-C40", 3), ("f32-N16-6x5-segments", 2), ("bf16-N1-3x4", 2), ("f16-N4-2x3", 1),
+    )
+}  # fmt: skip
 
 
 def case_inputs(case: dict) -> dict[str, torch.Tensor]:
@@ -75,7 +85,19 @@ def case_inputs(case: dict) -> dict[str, torch.Tensor]:
         inputs.update({key: inputs[key].float() for key in ("A", "D", "dt_bias")})
     if case.get("noncontiguous"):
         inputs = _noncontiguous(inputs)
+    if case.get("rank"):
+        inputs = _low_rank(inputs, case["rank"])
     return inputs
+
+
+def _low_rank(inputs: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """dt replaced by factors of rank ``rank`` (dt about N(0, 1)); dt_low_rank a slice of a wider tensor."""
+    x, dt = inputs["x"], inputs.pop("dt")
+    generator = torch.Generator().manual_seed(2)
+    wide = torch.randn(*dt.shape[:4], rank + 3, generator=generator, dtype=torch.float64)
+    weight = torch.randn(4, x.shape[3], rank, generator=generator, dtype=torch.float64) / rank**0.5
+    low_rank = {"dt_low_rank": wide[..., 1 : rank + 1].to(dt.dtype), "dt_weight": weight.to(dt.dtype)}
+    return {"x": x, **low_rank, **{key: t for key, t in inputs.items() if key != "x"}}
 
 
 def _noncontiguous(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,18 +135,23 @@ def run_case(case: dict) -> dict:
 
     inputs = case_inputs(case)
     pins = {"block": case.get("block")}
-    y = numba_ss2d.forward(*inputs.values(), **pins)
+    low_rank = bool(case.get("rank"))
+    forward = numba_ss2d.forward_low_rank if low_rank else numba_ss2d.forward
+    backward = numba_ss2d.backward_low_rank if low_rank else numba_ss2d.backward
+    y = forward(*inputs.values(), **pins)
     leaves = [t.detach().double().requires_grad_() for t in inputs.values()]
-    ref = ss2d_reference(*leaves)
+    ref = ss2d_reference(leaves[0], low_rank_dt(*leaves[1:3]), *leaves[3:]) if low_rank else ss2d_reference(*leaves)
     expected_dtype = torch.float64 if case["dtype"] == "float64" else torch.float32
     assert y.dtype == expected_dtype and y.shape == ref.shape, (y.dtype, tuple(y.shape), tuple(ref.shape))
     grad_y = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     if case.get("noncontiguous"):
         grad_y = grad_y.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
-    grads = numba_ss2d.backward(grad_y.to(y.dtype), *inputs.values(), segment=case.get("segment"), **pins)
+    grads = backward(grad_y.to(y.dtype), *inputs.values(), segment=case.get("segment"), **pins)
     ref_grads = torch.autograd.grad(ref, leaves, grad_y) if ref.numel() else [torch.zeros_like(t) for t in leaves]
     errors = {"out": _relative_error(y, ref.detach())}
-    for key, grad, ref_grad, t in zip(GRAD_NAMES, grads, ref_grads, inputs.values()):
+    names = ("dx", "ddt_low_rank", "ddt_weight", *GRAD_NAMES[2:]) if low_rank else GRAD_NAMES
+    assert len(grads) == len(names) == len(inputs)
+    for key, grad, ref_grad, t in zip(names, grads, ref_grads, inputs.values()):
         assert grad.dtype == t.dtype and grad.shape == t.shape, f"{key}: {grad.dtype} {tuple(grad.shape)}"
         assert torch.isfinite(grad).all(), f"{key} has non-finite values"
         errors[key] = _relative_error(grad, ref_grad)
@@ -140,9 +167,9 @@ def _two_threads():
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [*CASES, *LOW_RANK_CASES])
 def test_kernels_match_the_float64_reference(name):
-    case = CASES[name]
+    case = {**CASES, **LOW_RANK_CASES}[name]
     errors = run_case(case)
     dtype = case["dtype"]
     bad = {}
@@ -278,6 +305,12 @@ def test_bad_inputs_raise_clear_errors():
         numba_ss2d.forward(*{**inputs, "x": inputs["x"].to(torch.float8_e4m3fn)}.values())
     with pytest.raises(ValueError, match=r"grad_y must be a floating-point \(1, 2, 3, 2\) tensor"):
         numba_ss2d.backward(torch.zeros(1, 2, 3, 3), *inputs.values())
+    low_rank = _low_rank(dict(inputs), 3)
+    with pytest.raises(ValueError, match=r"dt_low_rank \(1, 2, 3, 4, 3\) and dt_weight \(4, 2, 2\) do not fit"):
+        numba_ss2d.forward_low_rank(*{**low_rank, "dt_weight": low_rank["dt_weight"][..., :2]}.values())
+    with pytest.raises(ValueError, match=r"expected dt_low_rank \(1, 2, 3, 4, 3\) and dt_weight \(4, 2, rank\)"):
+        grad_y = torch.zeros(1, 2, 3, 2)
+        numba_ss2d.backward_low_rank(grad_y, *{**low_rank, "dt_weight": low_rank["dt_weight"][:3]}.values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,6 +333,8 @@ def test_operator_runs_the_kernel_on_cpu(dtype, monkeypatch):
 
     monkeypatch.setenv("VMAMBA_SCAN_BACKEND", "kernel")
     assert ss2d.implementation(torch.device("cpu"))[0].__module__ == "vmamba_kernels.numba_ss2d"
+    low_rank_pair = ss2d.implementation(torch.device("cpu"), low_rank=True)
+    assert [f.__qualname__ for f in low_rank_pair] == ["forward_low_rank", "backward_low_rank"]  # dt formed inside
     inputs = list(make_ss2d_inputs(2, 5, 7, 6, 2, dtype=dtype).values())
     leaves = [t.detach().requires_grad_() for t in inputs]
     ref_leaves = [t.detach().double().requires_grad_() for t in inputs]

@@ -5,7 +5,9 @@ The operator itself (``torch.ops.vmamba.ss2d_scan``, its fake, backward and auto
 ``transformers_vmamba.ss2d``, which asks ``ss2d_kernel`` on every call what can run on the inputs' device and falls
 back to its PyTorch scan otherwise. A kernel is an object with ``forward(x, dt, A, B, C, D, dt_bias) -> y`` and
 ``backward(grad_y, x, dt, A, B, C, D, dt_bias) -> 7 gradients`` following
-``transformers_vmamba.selective_scan.check_ss2d_inputs`` (channels-last).
+``transformers_vmamba.selective_scan.check_ss2d_inputs`` (channels-last); optionally also ``forward_low_rank`` and
+``backward_low_rank`` taking dt as (dt_low_rank, dt_weight) (8 gradients), which the model's operator then uses so
+that dt is formed inside the kernel (without them the operator forms dt and calls ``forward``/``backward``).
 
 - ``cpu``: the numba kernels of ``numba_ss2d`` (needs numba, a core dependency; compiled at the first call, then
   cached on disk).

@@ -6,7 +6,10 @@ before bias and softplus; A (4, C, N); B, C (batch, H, W, 4, N); D, dt_bias (4, 
 routes' outputs summed, in float32 (float64 when an input is float64; float16/bfloat16 inputs are converted to
 float32 first). Inputs may have any strides: the kernels address x, dt, B, C (and dy) through their batch, row,
 column and route strides, so only a feature axis of stride != 1 or another dtype costs a copy (the model's
-float32 dt, a strided view of its projection, is read in place).
+float32 B and C, strided views of its projection, are read in place). ``forward_low_rank``/``backward_low_rank``
+take dt as its per-route low-rank factors (batch, H, W, 4, R) and (4, C, R), as the model computes it: the kernels
+form dt at each position from the R factors (R multiply-adds per channel), so the (batch, H, W, 4, C) dt is never
+written or read (forming it beforehand with a matmul took about a tenth of VMamba-T s2l5's forward).
 
 Work split. One task owns a block of channels of one image, for all four routes, so it can add every route's output
 into y (and every route's input gradient into dx) with no race and no (batch, 4, ...) route copies. Tasks run in
@@ -45,7 +48,7 @@ from llvmlite import ir as llvm_ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from transformers_vmamba.selective_scan import check_ss2d_inputs, ss2d_compute_dtype
+from transformers_vmamba.selective_scan import check_ss2d_inputs, low_rank_dt_grads, ss2d_compute_dtype
 
 
 # Floating-point flags of the kernels: everything but finite-math assumptions (-inf/inf/NaN must behave) and
@@ -91,6 +94,27 @@ def _at(strides, b, row, col, k):
     """Offset of (image b, pixel (row, col), route k) in a flat input with element strides (batch, H, W, route); the
     channel (or state) axis that follows has stride 1."""
     return b * strides[0] + row * strides[1] + col * strides[2] + k * strides[3]
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _dt_plus_bias(dt, offset, W_k, bias_k, c0, out):
+    """out = dt + dt_bias over one position's channels [c0, c0 + len(out)) of route k. With an empty W_k (rank 0)
+    dt is read at ``offset``; otherwise ``offset`` holds the position's R low-rank factors u and dt = sum_r u_r W_k[r]
+    (W_k (R, C)) is formed here, so that the (batch, H, W, 4, C) dt never goes through memory."""
+    width_c = out.shape[0]
+    rank = W_k.shape[0]
+    if rank == 0:
+        dt_p = dt[offset + c0 : offset + c0 + width_c]
+        for i in range(width_c):
+            out[i] = dt_p[i] + bias_k[i]
+    else:
+        for i in range(width_c):
+            out[i] = bias_k[i]
+        for r in range(rank):
+            u = dt[offset + r]
+            W_r = W_k[r, c0 : c0 + width_c]
+            for i in range(width_c):
+                out[i] += u * W_r[i]
 
 
 # Float32 exp and log1p as plain arithmetic (Cephes' expf/logf polynomials), so that LLVM vectorises the channel
@@ -240,9 +264,10 @@ def _softplus_grad_typed(z):
     return lambda z: _sigmoid64(z)
 
 
-def _forward_kernel(x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, y, batch, height, width, block):
-    """x, dt, Bm, Cm: flat inputs (batch, H, W, C), (batch, H, W, 4, C), (batch, H, W, 4, N) with element strides
-    xs, dts, Bs, Cs (batch, H, W, route; see ``_at``). At (4, N, C); D, bias (4, C); y (batch, H * W, C), written."""
+def _forward_kernel(x, xs, dt, dts, Wt, At, Bm, Bs, Cm, Cs, D, bias, y, batch, height, width, block):
+    """x, dt, Bm, Cm: flat inputs (batch, H, W, C), (batch, H, W, 4, C or R), (batch, H, W, 4, N) with element
+    strides xs, dts, Bs, Cs (batch, H, W, route; see ``_at``). Wt (4, R, C): dt's low-rank weights (R = 0: dt is
+    given whole; see ``_dt_plus_bias``). At (4, N, C); D, bias (4, C); y (batch, H * W, C), written."""
     length = height * width
     channels = y.shape[2]
     states = At.shape[1]
@@ -261,18 +286,18 @@ def _forward_kernel(x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, y, batch, heigh
             h[:, :] = 0.0
             bias_k = bias[k, c0:c1]
             D_k = D[k, c0:c1]
+            W_k = Wt[k]
             for t in range(length):
                 row, col = _pixel(k, t, height, width, length)
                 # Slices of this position's channel block: the inner loops then index from 0, so LLVM sees
                 # contiguous accesses and vectorises them (an offset index costs a wraparound check per element).
                 xo = _at(xs, b, row, col, 0) + c0
                 x_p = x[xo : xo + width_c]
-                dto = _at(dts, b, row, col, k) + c0
-                dt_p = dt[dto : dto + width_c]
                 bo = _at(Bs, b, row, col, k)
                 co = _at(Cs, b, row, col, k)
+                _dt_plus_bias(dt, _at(dts, b, row, col, k), W_k, bias_k, c0, delta)
                 for i in range(width_c):
-                    d = _softplus(dt_p[i] + bias_k[i])
+                    d = _softplus(delta[i])
                     xv = x_p[i]
                     delta[i] = d
                     drive[i] = d * xv
@@ -296,11 +321,12 @@ def _forward_kernel(x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, y, batch, heigh
 
 
 def _backward_kernel(
-    dy, dys, x, xs, dt, dts, At, Bm, Bs, Cm, Cs, D, bias, dx, ddt, dAp, dBp, dCp, dDp, dbiasp, one,
+    dy, dys, x, xs, dt, dts, Wt, At, Bm, Bs, Cm, Cs, D, bias, dx, ddt, dAp, dBp, dCp, dDp, dbiasp, one,
     batch, height, width, block, segment,
 ):  # fmt: skip
     """Inputs as in ``_forward_kernel`` plus dy, flat like x with strides dys. Outputs (contiguous, with the
-    positions flattened, L = H * W; every element written): dx (batch, L, C); ddt (batch, L, 4, C);
+    positions flattened, L = H * W; every element written): dx (batch, L, C); ddt (batch, L, 4, C), the gradient
+    of dt (whole, also when dt comes as low-rank factors);
     dAp (batch, 4, N, C), dDp, dbiasp (batch, 4, C) per-image partials; dBp, dCp (blocks, batch, L, 4, N)
     per-channel-block partials. ``one`` is 1 in the compute dtype."""
     length = height * width
@@ -327,9 +353,11 @@ def _backward_kernel(
         grad_x = np.empty(width_c, dtype=x.dtype)
         grad_D = np.empty(width_c, dtype=x.dtype)
         grad_bias = np.empty(width_c, dtype=x.dtype)
+        pre = np.empty(width_c, dtype=x.dtype)  # dt + dt_bias
         for k in range(4):
             bias_k = bias[k, c0:c1]
             D_k = D[k, c0:c1]
+            W_k = Wt[k]
             # (Inner loops index slices from 0 so that they vectorise; see ``_forward_kernel``.)
             # Checkpoint sweep: the state entering each segment (only when there is more than one).
             if segments > 1:
@@ -341,11 +369,10 @@ def _backward_kernel(
                     row, col = _pixel(k, t, height, width, length)
                     xo = _at(xs, b, row, col, 0) + c0
                     x_p = x[xo : xo + width_c]
-                    dto = _at(dts, b, row, col, k) + c0
-                    dt_p = dt[dto : dto + width_c]
                     bo = _at(Bs, b, row, col, k)
+                    _dt_plus_bias(dt, _at(dts, b, row, col, k), W_k, bias_k, c0, delta_0)
                     for i in range(width_c):
-                        d = _softplus(dt_p[i] + bias_k[i])
+                        d = _softplus(delta_0[i])
                         delta_0[i] = d
                         grad_x[i] = d * x_p[i]  # scratch: the step's input
                     for n in range(states):
@@ -369,12 +396,11 @@ def _backward_kernel(
                     row, col = _pixel(k, t, height, width, length)
                     xo = _at(xs, b, row, col, 0) + c0
                     x_p = x[xo : xo + width_c]
-                    dto = _at(dts, b, row, col, k) + c0
-                    dt_p = dt[dto : dto + width_c]
                     bo = _at(Bs, b, row, col, k)
                     delta_j = delta[j]
+                    _dt_plus_bias(dt, _at(dts, b, row, col, k), W_k, bias_k, c0, delta_j)
                     for i in range(width_c):
-                        d = _softplus(dt_p[i] + bias_k[i])
+                        d = _softplus(delta_j[i])
                         delta_j[i] = d
                         grad_x[i] = d * x_p[i]  # scratch: the step's input
                     for n in range(states):
@@ -397,8 +423,6 @@ def _backward_kernel(
                     x_p = x[xo : xo + width_c]
                     dyo = _at(dys, b, row, col, 0) + c0
                     dy_p = dy[dyo : dyo + width_c]
-                    dto = _at(dts, b, row, col, k) + c0
-                    dt_p = dt[dto : dto + width_c]
                     bo = _at(Bs, b, row, col, k)
                     co = _at(Cs, b, row, col, k)
                     delta_j = delta[j]
@@ -432,8 +456,9 @@ def _backward_kernel(
                         dBp[blk, b, p, k, n] = grad_b
                         dCp[blk, b, p, k, n] = grad_c
                     ddt_p = ddt[b, p, k, c0:c1]
+                    _dt_plus_bias(dt, _at(dts, b, row, col, k), W_k, bias_k, c0, pre)
                     for i in range(width_c):
-                        g_dt = grad_delta[i] * _softplus_grad(dt_p[i] + bias_k[i])
+                        g_dt = grad_delta[i] * _softplus_grad(pre[i])
                         ddt_p[i] = g_dt
                         grad_bias[i] += g_dt
                     dx_p = dx[b, p, c0:c1]
@@ -460,13 +485,16 @@ _backward_compiled = _jit(_backward_kernel)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check(name: str, tensors) -> None:
-    check_ss2d_inputs(*tensors)
+def _check(name: str, x, dt, A, B, C, D, dt_bias) -> tuple:
+    """The contract's checks plus the kernels' own; returns the tensors to convert (dt may be a dict of factors)."""
+    check_ss2d_inputs(x, dt, A, B, C, D, dt_bias)
+    tensors = (x, *(dt.values() if isinstance(dt, dict) else [dt]), A, B, C, D, dt_bias)
     for t in tensors:
         if t.dtype not in _SUPPORTED_DTYPES:
             raise TypeError(f"numba ss2d {name}: inputs must be float16/bfloat16/float32/float64, got {t.dtype}")
-    if tensors[0].device.type != "cpu":
-        raise RuntimeError(f"numba ss2d {name}: the numba kernels need CPU tensors, got {tensors[0].device}")
+    if x.device.type != "cpu":
+        raise RuntimeError(f"numba ss2d {name}: the numba kernels need CPU tensors, got {x.device}")
+    return tensors
 
 
 def _set_threads() -> None:
@@ -508,9 +536,13 @@ def _block_size(batch: int, channels: int, block: int | None, threads: int | Non
     return best[1]
 
 
-def _params(acc: torch.dtype, A, D, dt_bias):
-    """A as (4, N, C), D and dt_bias, contiguous numpy arrays in the compute dtype (tiny)."""
-    return [t.detach().to(acc).contiguous().numpy() for t in (A.transpose(1, 2), D, dt_bias)]
+def _params(acc: torch.dtype, A, D, dt_bias, dt_weight):
+    """A as (4, N, C), D, dt_bias and dt's low-rank weights as (4, R, C) (R = 0 when dt is given whole), contiguous
+    numpy arrays in the compute dtype (tiny)."""
+    if dt_weight is None:
+        dt_weight = A.new_empty((4, A.shape[1], 0))
+    params = (A.transpose(1, 2), D, dt_bias, dt_weight.transpose(1, 2))
+    return [t.detach().to(acc).contiguous().numpy() for t in params]
 
 
 def _strided(t: torch.Tensor, acc: torch.dtype):
@@ -526,65 +558,101 @@ def _strided(t: torch.Tensor, acc: torch.dtype):
     return flat, np.array(strides, dtype=np.int64)
 
 
-def forward(x, dt, A, B, C, D, dt_bias, *, block: int | None = None) -> torch.Tensor:
-    """y (batch, H, W, C) of the SS2D contract, in float32 (float64 for float64 inputs). ``block`` pins the number
-    of channels per task (tests use it to get several channel blocks on tiny inputs)."""
-    inputs = (x, dt, A, B, C, D, dt_bias)
-    _check("forward", inputs)
-    acc = ss2d_compute_dtype(*inputs)
+def _dt_arguments(dt, acc):
+    """(dt or its low-rank factors u (batch, H, W, 4, R), as ``_strided``; dt's low-rank weights (4, C, R) or None)."""
+    if isinstance(dt, dict):
+        return _strided(dt["dt_low_rank"], acc), dt["dt_weight"]
+    return _strided(dt, acc), None
+
+
+def _forward(x, dt, A, B, C, D, dt_bias, block):
+    acc = ss2d_compute_dtype(*_check("forward", x, dt, A, B, C, D, dt_bias))
     batch, height, width, channels = x.shape
     y = torch.empty(x.shape, dtype=acc)  # the kernel writes every element
     if y.numel() == 0:
         return y
     _set_threads()
-    A_a, D_a, bias_a = _params(acc, A, D, dt_bias)
+    dt_a, dt_weight = _dt_arguments(dt, acc)
+    A_a, D_a, bias_a, W_a = _params(acc, A, D, dt_bias, dt_weight)
     _forward_compiled(
-        *_strided(x, acc), *_strided(dt, acc), A_a, *_strided(B, acc), *_strided(C, acc), D_a, bias_a,
+        *_strided(x, acc), *dt_a, W_a, A_a, *_strided(B, acc), *_strided(C, acc), D_a, bias_a,
         y.view(batch, height * width, channels).numpy(), batch, height, width, _block_size(batch, channels, block),
     )  # fmt: skip
     return y
 
 
-def backward(grad_y, x, dt, A, B, C, D, dt_bias, *, block: int | None = None, segment: int | None = None):
-    """Gradients of ``forward`` with respect to (x, dt, A, B, C, D, dt_bias), each in its input's dtype. Recomputes
-    the states from the inputs (see the module docstring); ``block`` as in ``forward``, ``segment`` pins the
-    backward's segment length (tests use it to force checkpoints)."""
-    inputs = (x, dt, A, B, C, D, dt_bias)
-    _check("backward", inputs)
+def forward(x, dt, A, B, C, D, dt_bias, *, block: int | None = None) -> torch.Tensor:
+    """y (batch, H, W, C) of the SS2D contract, in float32 (float64 for float64 inputs). ``block`` pins the number
+    of channels per task (tests use it to get several channel blocks on tiny inputs)."""
+    return _forward(x, dt, A, B, C, D, dt_bias, block)
+
+
+def forward_low_rank(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias, *, block: int | None = None) -> torch.Tensor:
+    """``forward`` with dt = ``low_rank_dt(dt_low_rank, dt_weight)`` formed inside the kernel (never in memory)."""
+    return _forward(x, {"dt_low_rank": dt_low_rank, "dt_weight": dt_weight}, A, B, C, D, dt_bias, block)
+
+
+def _backward(grad_y, x, dt, A, B, C, D, dt_bias, block, segment):
+    """(dx, ddt, dA, dB, dC, dD, d dt_bias) in the compute dtype; ddt is the gradient of dt whole."""
+    tensors = _check("backward", x, dt, A, B, C, D, dt_bias)
     if grad_y.shape != x.shape or grad_y.device != x.device or not grad_y.is_floating_point():
         raise ValueError(
             f"numba ss2d backward: grad_y must be a floating-point {tuple(x.shape)} tensor on {x.device}, got "
             f"{grad_y.dtype} {tuple(grad_y.shape)} on {grad_y.device}"
         )
-    acc = ss2d_compute_dtype(*inputs)
+    acc = ss2d_compute_dtype(*tensors)
     batch, height, width, channels = x.shape
     state = A.shape[2]
     length = height * width
+    dt_shape = (batch, height, width, 4, channels)
     if x.numel() == 0:
-        return tuple(torch.zeros(t.shape, dtype=t.dtype) for t in inputs)
+        return tuple(torch.zeros(shape, dtype=acc) for shape in (x.shape, dt_shape, A.shape, B.shape, C.shape,
+                                                                 D.shape, dt_bias.shape))  # fmt: skip
     _set_threads()
     block = _block_size(batch, channels, block)
     blocks = -(-channels // block)
     if segment is None:
         segment = max(1, _SEGMENT_ELEMENTS // (state * min(block, channels)))
     segment = max(1, min(segment, length))
-    A_a, D_a, bias_a = _params(acc, A, D, dt_bias)
+    dt_a, dt_weight = _dt_arguments(dt, acc)
+    A_a, D_a, bias_a, W_a = _params(acc, A, D, dt_bias, dt_weight)
     # Every element of these is written by the kernel (dx: the first route's gradient, then the others added).
-    dx, ddt = torch.empty(x.shape, dtype=acc), torch.empty(dt.shape, dtype=acc)
+    dx, ddt = torch.empty(x.shape, dtype=acc), torch.empty(dt_shape, dtype=acc)
     dA_partial = torch.empty((batch, 4, state, channels), dtype=acc)
     dD_partial, dbias_partial = (torch.empty((batch, 4, channels), dtype=acc) for _ in range(2))
     dB_partial, dC_partial = (torch.empty((blocks, batch, length, 4, state), dtype=acc) for _ in range(2))
     _backward_compiled(
-        *_strided(grad_y, acc), *_strided(x, acc), *_strided(dt, acc), A_a, *_strided(B, acc), *_strided(C, acc),
+        *_strided(grad_y, acc), *_strided(x, acc), *dt_a, W_a, A_a, *_strided(B, acc), *_strided(C, acc),
         D_a, bias_a, dx.view(batch, length, channels).numpy(), ddt.view(batch, length, 4, channels).numpy(),
         dA_partial.numpy(), dB_partial.numpy(), dC_partial.numpy(), dD_partial.numpy(), dbias_partial.numpy(),
         np.ones((), dtype=A_a.dtype)[()], batch, height, width, block, segment,
     )  # fmt: skip
     dA = dA_partial.sum(0).transpose(1, 2)
     dB, dC = (p.sum(0).view(B.shape) for p in (dB_partial, dC_partial))
-    grads = (dx, ddt, dA, dB, dC, dD_partial.sum(0), dbias_partial.sum(0))
+    return dx, ddt, dA, dB, dC, dD_partial.sum(0), dbias_partial.sum(0)
+
+
+def _in_dtypes(grads, inputs):
     return tuple(g.to(t.dtype).contiguous() if g.dtype != t.dtype or not g.is_contiguous() else g
                  for g, t in zip(grads, inputs))  # fmt: skip
 
 
-__all__ = ["FASTMATH", "backward", "forward"]
+def backward(grad_y, x, dt, A, B, C, D, dt_bias, *, block: int | None = None, segment: int | None = None):
+    """Gradients of ``forward`` with respect to (x, dt, A, B, C, D, dt_bias), each in its input's dtype. Recomputes
+    the states from the inputs (see the module docstring); ``block`` as in ``forward``, ``segment`` pins the
+    backward's segment length (tests use it to force checkpoints)."""
+    grads = _backward(grad_y, x, dt, A, B, C, D, dt_bias, block, segment)
+    return _in_dtypes(grads, (x, dt, A, B, C, D, dt_bias))
+
+
+def backward_low_rank(
+    grad_y, x, dt_low_rank, dt_weight, A, B, C, D, dt_bias, *, block: int | None = None, segment: int | None = None
+):
+    """Gradients of ``forward_low_rank`` with respect to its 8 inputs (dt formed inside the kernel again)."""
+    dt = {"dt_low_rank": dt_low_rank, "dt_weight": dt_weight}
+    dx, ddt, *rest = _backward(grad_y, x, dt, A, B, C, D, dt_bias, block, segment)
+    grad_low_rank, grad_weight = low_rank_dt_grads(ddt, dt_low_rank.to(ddt.dtype), dt_weight.to(ddt.dtype))
+    return _in_dtypes((dx, grad_low_rank, grad_weight, *rest), (x, dt_low_rank, dt_weight, A, B, C, D, dt_bias))
+
+
+__all__ = ["FASTMATH", "backward", "backward_low_rank", "forward", "forward_low_rank"]

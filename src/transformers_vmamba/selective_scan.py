@@ -432,8 +432,8 @@ def check_ss2d_inputs(x, dt, A, B, C, D, dt_bias) -> None:
     """Shape and dtype checks of the SS2D contract, shared by every implementation (torch, numba, Triton).
 
     x (batch, H, W, C); dt (batch, H, W, 4, C); A (4, C, N); B, C (batch, H, W, 4, N); D, dt_bias (4, C).
-    ``dt`` may be a dict of named tensors instead (the low-rank factors of ``ss2d.ss2d_scan_low_rank``, whose
-    shapes that function checks): they are then checked for dtype and device only.
+    ``dt`` may instead be its per-route low-rank factors ``{"dt_low_rank": (batch, H, W, 4, R), "dt_weight":
+    (4, C, R)}`` (see ``low_rank_dt``).
     """
     dt_parts = dt if isinstance(dt, dict) else {"dt": dt}
     tensors = {"x": x, **dt_parts, "A": A, "B": B, "C": C, "D": D, "dt_bias": dt_bias}
@@ -457,9 +457,29 @@ def check_ss2d_inputs(x, dt, A, B, C, D, dt_bias) -> None:
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             raise ValueError(f"ss2d: {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+    if "dt" not in dt_parts:
+        low_rank, weight = dt_parts["dt_low_rank"], dt_parts["dt_weight"]
+        expected_low_rank = (batch, height, width, 4, weight.shape[-1] if weight.dim() else 0)
+        if weight.dim() != 3 or tuple(low_rank.shape) != expected_low_rank or tuple(weight.shape[:2]) != (4, channels):
+            raise ValueError(
+                f"ss2d: dt_low_rank {tuple(low_rank.shape)} and dt_weight {tuple(weight.shape)} do not fit x "
+                f"{tuple(x.shape)}: expected dt_low_rank {expected_low_rank} and dt_weight (4, {channels}, rank)"
+            )
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         raise ValueError(f"ss2d: all inputs must be on one device, got {sorted(map(str, devices))}")
+
+
+def low_rank_dt(dt_low_rank: torch.Tensor, dt_weight: torch.Tensor) -> torch.Tensor:
+    """dt (batch, H, W, 4, C) from its per-route low-rank factors (batch, H, W, 4, R) and (4, C, R)."""
+    return torch.einsum("bhwkr,kdr->bhwkd", dt_low_rank, dt_weight)
+
+
+def low_rank_dt_grads(grad_dt, dt_low_rank, dt_weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``low_rank_dt`` with respect to its two factors, given dt's gradient; contiguous."""
+    grad_low_rank = torch.einsum("bhwkd,kdr->bhwkr", grad_dt, dt_weight).contiguous()
+    grad_weight = torch.einsum("bhwkd,bhwkr->kdr", grad_dt, dt_low_rank).contiguous()
+    return grad_low_rank, grad_weight
 
 
 def ss2d_compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

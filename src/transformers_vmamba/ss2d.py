@@ -24,6 +24,8 @@ import torch
 
 from .selective_scan import (
     check_ss2d_inputs,
+    low_rank_dt,
+    low_rank_dt_grads,
     ss2d_backward_torch,
     ss2d_compute_dtype,
     ss2d_forward_torch,
@@ -56,13 +58,18 @@ def _kernel_for(device_type: str):
     return vmamba_kernels.ss2d_kernel(device_type)
 
 
-def implementation(device: torch.device):
-    """The (forward, backward) pair that runs the operator on ``device``, honouring ``VMAMBA_SCAN_BACKEND``."""
+def implementation(device: torch.device, low_rank: bool = False):
+    """The (forward, backward) pair that runs the operator on ``device``, honouring ``VMAMBA_SCAN_BACKEND``; with
+    ``low_rank``, the pair of ``ss2d_scan_low_rank`` (the kernel's own when it forms dt itself)."""
     backend = requested_backend()
     if backend != "torch":
         kernel, reason = _kernel_for(device.type)
         if kernel is not None:
-            return kernel.forward, kernel.backward
+            if not low_rank:
+                return kernel.forward, kernel.backward
+            if hasattr(kernel, "forward_low_rank"):
+                return kernel.forward_low_rank, kernel.backward_low_rank
+            return _forming_dt(kernel.forward, kernel.backward)
         if backend == "kernel":
             raise RuntimeError(f"{BACKEND_ENV_VAR}=kernel but no compiled SS2D kernel runs on {device.type}: {reason}")
         if device.type not in _warned_fallback:
@@ -72,7 +79,23 @@ def implementation(device: torch.device):
             logging.get_logger(__name__).warning(
                 f"VMamba: no compiled SS2D kernel for {device.type} ({reason}); using the slower PyTorch scan."
             )
+    if low_rank:
+        return _forming_dt(ss2d_forward_torch, ss2d_backward_torch)
     return ss2d_forward_torch, ss2d_backward_torch
+
+
+def _forming_dt(forward, backward):
+    """The low-rank pair of an implementation that takes dt whole: dt is formed before it (again in backward)."""
+
+    def forward_low_rank(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias):
+        return forward(x, low_rank_dt(dt_low_rank, dt_weight), A, B, C, D, dt_bias)
+
+    def backward_low_rank(grad_y, x, dt_low_rank, dt_weight, A, B, C, D, dt_bias):
+        dt = low_rank_dt(dt_low_rank, dt_weight)
+        dx, ddt, dA, dB, dC, dD, dbias = backward(grad_y, x, dt, A, B, C, D, dt_bias)
+        return dx, *low_rank_dt_grads(ddt, dt_low_rank, dt_weight), dA, dB, dC, dD, dbias
+
+    return forward_low_rank, backward_low_rank
 
 
 def _registered(name: str) -> bool:
@@ -140,18 +163,13 @@ def _define_operator():
 _define_operator()
 
 
-def low_rank_dt(dt_low_rank: torch.Tensor, dt_weight: torch.Tensor) -> torch.Tensor:
-    """dt (batch, H, W, 4, C) from its per-route low-rank factors (batch, H, W, 4, R) and (4, C, R)."""
-    return torch.einsum("bhwkr,kdr->bhwkd", dt_low_rank, dt_weight)
-
-
 def _define_low_rank_operator():
     """Register ``vmamba::ss2d_scan_low_rank`` and its backward once per process (see ``_registered``).
 
     The model's dt, (batch, H, W, 4, C), is a rank-R projection per route (by default R = the stage's width / 16,
     rounded up): formed inside the operator and again in its backward, it is never kept for backward (for
-    Vanilla-VMamba-T it was 29% of the activations a block keeps), at the cost of one small matmul in the
-    backward."""
+    Vanilla-VMamba-T it was 29% of the activations a block keeps). The CPU kernel forms it at each position as it
+    scans, so it never goes through memory at all; other implementations get it from one matmul."""
     if _registered("ss2d_scan_low_rank"):
         return
 
@@ -166,8 +184,8 @@ def _define_low_rank_operator():
         D: torch.Tensor,
         dt_bias: torch.Tensor,
     ) -> torch.Tensor:
-        forward, _ = implementation(x.device)
-        return forward(x, low_rank_dt(dt_low_rank, dt_weight), A, B, C, D, dt_bias)
+        forward, _ = implementation(x.device, low_rank=True)
+        return forward(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias)
 
     @ss2d_scan_low_rank_op.register_fake
     def _(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias):
@@ -187,12 +205,8 @@ def _define_low_rank_operator():
     ) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
     ]:
-        _, backward = implementation(x.device)
-        dt = low_rank_dt(dt_low_rank, dt_weight)
-        dx, ddt, dA, dB, dC, dD, dbias = backward(grad_y, x, dt, A, B, C, D, dt_bias)
-        grad_low_rank = torch.einsum("bhwkd,kdr->bhwkr", ddt, dt_weight).contiguous()  # contiguous, like the fake
-        grad_weight = torch.einsum("bhwkd,bhwkr->kdr", ddt, dt_low_rank).contiguous()
-        return dx, grad_low_rank, grad_weight, dA, dB, dC, dD, dbias
+        _, backward = implementation(x.device, low_rank=True)
+        return tuple(backward(grad_y, x, dt_low_rank, dt_weight, A, B, C, D, dt_bias))
 
     @ss2d_scan_low_rank_backward_op.register_fake
     def _(grad_y, x, dt_low_rank, dt_weight, A, B, C, D, dt_bias):
@@ -221,12 +235,6 @@ def ss2d_scan_low_rank(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias) -> torch.
     dt_low_rank (batch, H, W, 4, R), dt_weight (4, C, R). What the model calls: dt is formed inside the operator
     (``torch.ops.vmamba.ss2d_scan_low_rank``) and recomputed in its backward instead of being kept for it."""
     check_ss2d_inputs(x, {"dt_low_rank": dt_low_rank, "dt_weight": dt_weight}, A, B, C, D, dt_bias)
-    expected = (*x.shape[:3], 4, dt_weight.shape[-1])
-    if dt_weight.dim() != 3 or tuple(dt_low_rank.shape) != expected or tuple(dt_weight.shape[:2]) != (4, x.shape[3]):
-        raise ValueError(
-            f"ss2d: dt_low_rank {tuple(dt_low_rank.shape)} and dt_weight {tuple(dt_weight.shape)} do not fit x "
-            f"{tuple(x.shape)}: expected dt_low_rank {expected} and dt_weight (4, {x.shape[3]}, rank)"
-        )
     return torch.ops.vmamba.ss2d_scan_low_rank(x, dt_low_rank, dt_weight, A, B, C, D, dt_bias)
 
 
