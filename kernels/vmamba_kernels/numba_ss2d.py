@@ -117,9 +117,9 @@ def _dt_plus_bias(dt, offset, W_k, bias_k, c0, out):
                 out[i] += u * W_r[i]
 
 
-# Float32 exp and log1p as plain arithmetic (Cephes' expf/logf polynomials), so that LLVM vectorises the channel
-# loops that use them: numba's math.exp/math.log1p are libm calls, which stay scalar without Intel's SVML (the
-# softplus alone then costs ~50 ns per element). Relative errors below 3e-7 (2.5 float32 ulp) in the normal range;
+# Float32 exp and log1p as plain arithmetic (Cephes' expf polynomial, a fitted log1p one), so that LLVM vectorises
+# the channel loops that use them: numba's math.exp/math.log1p are libm calls, which stay scalar without Intel's SVML
+# (the softplus alone then costs ~50 ns per element). Relative errors below 3e-7 (2.5 float32 ulp) in the normal range;
 # results below 1.2e-38 flush to zero. Float64 keeps libm. The helpers are compiled without reassociation, which
 # would undo the split-constant range reduction.
 _HELPER_MATH = {"contract", "nsz"}
@@ -127,14 +127,13 @@ _f32 = np.float32
 _ZERO, _HALF, _ONE = _f32(0.0), _f32(0.5), _f32(1.0)
 _LOG2E, _LN2_HI, _LN2_LO = _f32(1.44269504088896341), _f32(0.693359375), _f32(-2.12194440e-4)
 _EXP_LOW, _EXP_HIGH = _f32(-87.33654), _f32(88.0)  # exp(-87.34) = 2**-126, exp(88) < 2**127
-_SQRT2_M1 = _f32(0.41421356)
 _E0, _E1, _E2, _E3, _E4, _E5 = (
     _f32(c)
     for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 )
-_L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8 = (
-    _f32(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
-                      -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+_G0, _G1, _G2, _G3, _G4, _G5, _G6, _G7 = (
+    _f32(c) for c in (-4.9999648333e-01, 3.3321321011e-01, -2.4857160449e-01, 1.9153642654e-01, -1.3753776252e-01,
+                      7.9204231501e-02, -3.0065603554e-02, 5.3647770546e-03)
 )  # fmt: skip
 
 
@@ -197,13 +196,12 @@ def _expf(x):
 
 @njit(inline="always", fastmath=_HELPER_MATH)
 def _log1pf(e):
-    """log(1 + e) for float32 e in [0, 1]: Cephes' logf polynomial on the mantissa of 1 + e, written in e so that
-    small e keeps full relative precision: f = e (k = 0) below sqrt(2) - 1, else f = (e - 1) / 2 (k = 1)."""
-    k = _f32(e >= _SQRT2_M1)
-    f = (e - k) * (_ONE - _HALF * k)
-    z = f * f
-    y = f * z * ((((((((_L0 * f + _L1) * f + _L2) * f + _L3) * f + _L4) * f + _L5) * f + _L6) * f + _L7) * f + _L8)
-    return f + (y + k * _LN2_LO - _HALF * z) + k * _LN2_HI
+    """log(1 + e) for float32 e in [0, 1] as e + e**2 g(e), g a degree-7 polynomial fitted to (log1p(e) - e) / e**2
+    for relative error (within 3.3e-8 of log1p in exact arithmetic, 1.7e-7 evaluated in float32): 9 operations
+    where Cephes' logf on the mantissa of 1 + e took about 20 (the softplus was a third of the d_state-1 forward;
+    this made the forward 1.06-1.19x and the backward 1.03-1.07x faster on VMamba-T's stage shapes)."""
+    g = ((((((_G7 * e + _G6) * e + _G5) * e + _G4) * e + _G3) * e + _G2) * e + _G1) * e + _G0
+    return (e * e) * g + e
 
 
 @njit(inline="always", fastmath=_HELPER_MATH)
