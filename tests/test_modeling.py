@@ -283,3 +283,39 @@ def test_initialisation_follows_the_original():
     assert torch.equal(model.classifier.bias, torch.zeros(3))
     norm = model.vmamba.encoder.stages[0].layers[0].ssm_norm
     assert torch.equal(norm.weight, torch.ones(32)) and torch.equal(norm.bias, torch.zeros(32))
+
+
+def _weights_not_channels_last(model) -> list[str]:
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Conv2d)
+        and not module.weight.is_contiguous(memory_format=torch.channels_last)
+    ]
+
+
+@pytest.mark.parametrize("variant", FAMILIES)
+def test_convolution_weights_stay_channels_last(variant, tmp_path):
+    """The convolutions read channels-last maps; a plain-layout weight would be re-laid out at every call (see
+    VMambaConv2d). Each way a weight is set keeps the layout, and the saved file holds ordinary contiguous tensors."""
+    from safetensors.torch import load_file
+
+    config = tiny_config(variant)
+    model = VMambaForImageClassification(config).eval()
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convolutions) >= 2 and not _weights_not_channels_last(model)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert all(t.is_contiguous() for t in saved.values())
+    loaded = VMambaForImageClassification.from_pretrained(tmp_path).eval()
+    assert not _weights_not_channels_last(loaded)
+    plain = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    assigned = VMambaForImageClassification(config).eval()
+    assigned.load_state_dict(plain, assign=True)
+    assert not _weights_not_channels_last(assigned)
+    assert not _weights_not_channels_last(model.to(torch.float64))
+    pixels = torch.randn(2, 3, 40, 24, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(pixels).logits
+        torch.testing.assert_close(loaded.double()(pixels).logits, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(assigned.double()(pixels).logits, expected, rtol=1e-12, atol=1e-12)

@@ -47,6 +47,24 @@ def conv_channels_last(conv: nn.Conv2d, hidden_states: torch.Tensor) -> torch.Te
     return conv(hidden_states.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+class VMambaConv2d(nn.Conv2d):
+    """`nn.Conv2d` that keeps its weight in channels_last memory format, the layout of the maps it reads. Given a
+    plain (OIHW) weight, PyTorch's CPU convolution re-lays the weight out at every call: 20 ms of a 230 ms VMamba-T
+    batch-1 forward (1 thread), mostly the last downsample's 10 MB weight. Every assignment of a weight parameter
+    (construction, Transformers' loading, `load_state_dict(assign=True)`) goes through `__setattr__`; the parameter
+    object is kept (only its strides change), so flags set on it before the assignment stay."""
+
+    def __setattr__(self, name, value):
+        if (
+            name == "weight"
+            and isinstance(value, nn.Parameter)
+            and value.dim() == 4
+            and not value.is_contiguous(memory_format=torch.channels_last)
+        ):
+            value.data = value.data.contiguous(memory_format=torch.channels_last)
+        super().__setattr__(name, value)
+
+
 def to_channels_first(hidden_states: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) -> (B, C, H, W) view, the layout of every output."""
     return hidden_states.permute(0, 3, 1, 2)
@@ -81,16 +99,16 @@ class VMambaEmbeddings(nn.Module):
         self.patch_size = config.patch_size
         hidden_size = config.hidden_sizes[0]
         if config.patch_embed_type == "single_conv":
-            self.conv1 = nn.Conv2d(config.num_channels, hidden_size, config.patch_size, stride=config.patch_size)
+            self.conv1 = VMambaConv2d(config.num_channels, hidden_size, config.patch_size, stride=config.patch_size)
             self.norm1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
             self.act = self.conv2 = self.norm2 = None
         else:
             stride = config.patch_size // 2
             half = hidden_size // 2
-            self.conv1 = nn.Conv2d(config.num_channels, half, stride + 1, stride=stride, padding=1)
+            self.conv1 = VMambaConv2d(config.num_channels, half, stride + 1, stride=stride, padding=1)
             self.norm1 = nn.LayerNorm(half, eps=config.layer_norm_eps)
             self.act = nn.GELU()
-            self.conv2 = nn.Conv2d(half, hidden_size, stride + 1, stride=stride, padding=1)
+            self.conv2 = VMambaConv2d(half, hidden_size, stride + 1, stride=stride, padding=1)
             self.norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -136,7 +154,7 @@ class VMambaSS2D(nn.Module):
         self.in_proj = nn.Linear(hidden_size, inner_size * (2 if self.gated else 1), bias=False)
         self.act = ACT2FN[config.ssm_hidden_act]
         kernel_size = config.ssm_conv_kernel_size
-        self.conv2d = nn.Conv2d(
+        self.conv2d = VMambaConv2d(
             inner_size,
             inner_size,
             kernel_size,
@@ -242,7 +260,7 @@ class VMambaConvDownsample(nn.Module):
 
     def __init__(self, config: VMambaConfig, in_size: int, out_size: int):
         super().__init__()
-        self.conv = nn.Conv2d(in_size, out_size, kernel_size=3, stride=2, padding=1)
+        self.conv = VMambaConv2d(in_size, out_size, kernel_size=3, stride=2, padding=1)
         self.norm = nn.LayerNorm(out_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
