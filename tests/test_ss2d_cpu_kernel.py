@@ -33,8 +33,8 @@ OUTPUT_TOL = {"float64": 1e-12, "float32": 2e-5, "bfloat16": 2e-5, "float16": 2e
 GRAD_TOL = {"float64": 1e-12, "float32": 2e-5, "bfloat16": 1e-2, "float16": 2e-3}
 GRAD_NAMES = ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias")
 
-# block: channels per task (None: the kernel's choice); segment: the backward's segment length (None: the kernel's
-# choice, one segment for these sizes), small values force several checkpointed segments.
+# block: channels per task, groups: route groups (None: the kernel's choice); segment: the backward's segment length
+# (None: the kernel's choice, one segment for these sizes), small values force several checkpointed segments.
 CASES = {
     "f64-N1-3x5-auto": dict(batch=2, height=3, width=5, channels=7, state=1, dtype="float64"),
     "f64-N1-2x7-two-channel-blocks": dict(batch=2, height=2, width=7, channels=5, state=1, dtype="float64", block=4),
@@ -42,6 +42,9 @@ CASES = {
                                  segment=5),
     "f64-N2-odd-7x9-segments": dict(batch=2, height=7, width=9, channels=3, state=2, dtype="float64", block=2,
                                     segment=4),
+    "f64-N1-3x5-two-route-groups": dict(batch=2, height=3, width=5, channels=7, state=1, dtype="float64", groups=2),
+    "f64-N16-4x3-four-route-groups-segments": dict(batch=1, height=4, width=3, channels=5, state=16,
+                                                   dtype="float64", block=2, groups=4, segment=5),
     "f64-N3-1x6": dict(batch=1, height=1, width=6, channels=2, state=3, dtype="float64"),
     "f64-N2-5x1": dict(batch=1, height=5, width=1, channels=3, state=2, dtype="float64", segment=2),
     "f64-N1-1x1": dict(batch=3, height=1, width=1, channels=2, state=1, dtype="float64"),
@@ -54,6 +57,7 @@ CASES = {
     "f64-batch0": dict(batch=0, height=3, width=2, channels=2, state=1, dtype="float64"),
     "f32-N1-12x10-C40": dict(batch=2, height=12, width=10, channels=40, state=1, dtype="float32"),
     "f32-N16-6x5-segments": dict(batch=1, height=6, width=5, channels=19, state=16, dtype="float32", segment=7),
+    "f32-N1-7x5-route-groups": dict(batch=1, height=7, width=5, channels=33, state=1, dtype="float32", groups=2),
     "f32-N1-extreme-decay": dict(batch=1, height=5, width=6, channels=9, state=1, dtype="float32", decay="extreme"),
     "f32-N16-extreme-decay": dict(batch=1, height=4, width=4, channels=9, state=16, dtype="float32",
                                   decay="extreme"),
@@ -71,6 +75,8 @@ LOW_RANK_CASES = {
         ("f64-N1-3x5-auto", 3), ("f64-N1-2x7-two-channel-blocks", 1), ("f64-N16-4x3-segments", 2),
         ("f64-N2-odd-7x9-segments", 4), ("f64-N1-noncontiguous-3x4", 2), ("f64-batch0", 2),
         ("f32-N1-12x10-C40", 3), ("f32-N16-6x5-segments", 2), ("bf16-N1-3x4", 2), ("f16-N4-2x3", 1),
+        ("f64-N1-3x5-two-route-groups", 5), ("f64-N16-4x3-four-route-groups-segments", 9),
+        ("f32-N1-7x5-route-groups", 7),
     )
 }  # fmt: skip
 
@@ -134,7 +140,7 @@ def run_case(case: dict) -> dict:
     from vmamba_kernels import numba_ss2d
 
     inputs = case_inputs(case)
-    pins = {"block": case.get("block")}
+    pins = {"block": case.get("block"), "groups": case.get("groups")}
     low_rank = bool(case.get("rank"))
     forward = numba_ss2d.forward_low_rank if low_rank else numba_ss2d.forward
     backward = numba_ss2d.backward_low_rank if low_rank else numba_ss2d.backward
@@ -188,9 +194,10 @@ def test_block_and_segment_choices_do_not_change_the_result():
     grad_y = torch.randn(2, 5, 6, 11, dtype=torch.float64)
     y0 = numba_ss2d.forward(*inputs)
     grads0 = numba_ss2d.backward(grad_y, *inputs)
-    for block, segment in ((1, 1), (3, 7), (11, 30), (16, 29)):
-        torch.testing.assert_close(numba_ss2d.forward(*inputs, block=block), y0, rtol=1e-13, atol=1e-13)
-        for a, b in zip(numba_ss2d.backward(grad_y, *inputs, block=block, segment=segment), grads0):
+    for block, groups, segment in ((1, 1, 1), (3, 2, 7), (11, 4, 30), (16, 1, 29), (5, 4, 3)):
+        pins = dict(block=block, groups=groups)
+        torch.testing.assert_close(numba_ss2d.forward(*inputs, **pins), y0, rtol=1e-13, atol=1e-13)
+        for a, b in zip(numba_ss2d.backward(grad_y, *inputs, segment=segment, **pins), grads0):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -293,6 +300,20 @@ def test_channel_blocks_keep_threads_busy_and_wide():
                 width = _block_size(batch, channels, None, threads=threads)
                 assert 1 <= width <= channels and (width == channels or width % 8 == 0), (batch, channels, threads)
     assert _block_size(1, 96, 7) == 7
+
+
+def test_work_split_gives_lone_images_route_groups():
+    """With fewer images than threads, tasks take half the routes at full width rather than half the channels;
+    with images enough, whole images; pinned values are kept and bad ones named."""
+    from vmamba_kernels.numba_ss2d import _work_split
+
+    assert _work_split(1, 96, None, None, threads=2) == (96, 2)
+    assert _work_split(1, 96, None, None, threads=1) == (96, 1)
+    assert _work_split(8, 96, None, None, threads=2) == (96, 1)
+    assert _work_split(1, 96, 7, None, threads=2) == (7, 1)
+    assert _work_split(1, 96, None, 4, threads=2) == (96, 4)
+    with pytest.raises(ValueError, match="groups must be one of"):
+        _work_split(1, 96, None, 3)
 
 
 def test_bad_inputs_raise_clear_errors():
