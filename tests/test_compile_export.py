@@ -70,3 +70,43 @@ def test_export_with_dynamic_batch_and_image_size(variant, strict, mode):
         pixel_values = torch.randn(shape)
         expected = model(pixel_values).logits
         torch.testing.assert_close(exported(pixel_values).logits, expected)
+
+
+def _cpp_compiler_available() -> bool:
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        return bool(get_cpp_compiler())
+    except Exception:  # Inductor raises its own errors when it finds no compiler
+        return False
+
+
+@pytest.mark.skipif(not _cpp_compiler_available(), reason="Inductor's CPU backend needs a C++ compiler")
+def test_inductor_keeps_the_maps_channels_innermost():
+    """On CPU, Inductor gives every 4-D tensor it stores near a convolution the strides of a channels_last NCHW
+    tensor. Stored as (B, H, W, C), our maps would get H innermost and every kernel around them would transpose
+    (compiled VMamba-T ran 0.93x eager); the model stores them 3-D (modeling's `layer_norm_flat`). So in the
+    generated code, every 4-D buffer whose last size is a channel width has that dimension innermost. (Two stages
+    and a 72x88 image, so that no map side equals a channel width; ~40 s of C++ compilation.)"""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    config = tiny_config(hidden_sizes=[8, 16], depths=[1, 1])
+    model = VMambaForImageClassification(config).eval()
+    pixel_values = torch.randn(1, 3, 72, 88)
+    with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
+        logits, codes = run_and_get_code(torch.compile(model, fullgraph=True), pixel_values)
+        torch.testing.assert_close(logits.logits, model(pixel_values).logits)
+    widths = {config.hidden_sizes[0] // 2} | {
+        size
+        for stage, hidden in enumerate(config.hidden_sizes)
+        for size in (hidden, config.inner_size(stage), int(hidden * config.mlp_ratio))
+    }
+    buffers = re.findall(
+        r"(?:empty_strided_cpu|reinterpret_tensor)\((?:buf\d+, )?\(\d+, \d+, \d+, (\d+)\), \(\d+, \d+, \d+, (\d+)\)",
+        "\n".join(codes),
+    )
+    maps = [(int(size), int(stride)) for size, stride in buffers if int(size) in widths]
+    assert maps, "no (B, H, W, C) buffer found in Inductor's code: the check has nothing to look at"
+    assert all(stride == 1 for _, stride in maps), f"channels not innermost: (size, stride) {maps}"

@@ -65,6 +65,17 @@ class VMambaConv2d(nn.Conv2d):
         super().__setattr__(name, value)
 
 
+def layer_norm_flat(norm: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+    """LayerNorm of a (B, H, W, C) map computed on its (B, H * W, C) view, returned as a (B, H, W, C) view.
+
+    Why: on CPU, torch.compile (Inductor) gives every 4-D tensor it stores next to a convolution the channels_last
+    strides of an NCHW tensor. For our (B, H, W, C) maps that puts H innermost, and every kernel that reads or
+    writes them transposes (compiled VMamba-T ran 0.93x eager). Tensors stored as 3-D keep their natural layout;
+    the 4-D views cost nothing in eager."""
+    height, width = hidden_states.shape[1:3]
+    return norm(hidden_states.flatten(1, 2)).unflatten(1, (height, width))
+
+
 def to_channels_first(hidden_states: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) -> (B, C, H, W) view, the layout of every output."""
     return hidden_states.permute(0, 3, 1, 2)
@@ -127,10 +138,13 @@ class VMambaEmbeddings(nn.Module):
                 f"image of {height}x{width} pixels is too small for this VMamba: it needs at least "
                 f"{self.patch_size}x{self.patch_size} (one patch, config.patch_size)"
             )
-        embeddings = self.norm1(self.conv1(pixel_values).permute(0, 2, 3, 1))
-        if self.conv2 is not None:
-            embeddings = self.norm2(conv_channels_last(self.conv2, self.act(embeddings)))
-        return embeddings
+        embeddings = self.conv1(pixel_values).permute(0, 2, 3, 1)
+        if self.conv2 is None:
+            return layer_norm_flat(self.norm1, embeddings)
+        # the activation is applied to the stored (3-D) norm output, not to its 4-D view: see layer_norm_flat
+        height, width = embeddings.shape[1:3]
+        embeddings = self.act(self.norm1(embeddings.flatten(1, 2))).unflatten(1, (height, width))
+        return layer_norm_flat(self.norm2, conv_channels_last(self.conv2, embeddings))
 
 
 class VMambaSS2D(nn.Module):
@@ -172,15 +186,18 @@ class VMambaSS2D(nn.Module):
         self.out_proj = nn.Linear(inner_size, hidden_size, bias=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.in_proj(hidden_states)
+        # Everything stored is (B, H * W, C), viewed as (B, H, W, C) where a map is needed: see layer_norm_flat.
+        batch, height, width, _ = hidden_states.shape
+        hidden_states = self.in_proj(hidden_states.flatten(1, 2))
         if self.gated:
             hidden_states, gate = hidden_states.chunk(2, dim=-1)
-        features = self.act(conv_channels_last(self.conv2d, hidden_states))
+        hidden_states = hidden_states.unflatten(1, (height, width))
+        features = self.act(conv_channels_last(self.conv2d, hidden_states).flatten(1, 2))
         # The per-direction projections are pointwise, so they are computed once per position and read by the scan
         # in each route's order (identical to projecting the four route copies, as the original does).
-        batch, height, width, _ = features.shape
         projected = F.linear(features, self.x_proj_weight.flatten(0, 1))
         projected = projected.view(batch, height, width, NUM_DIRECTIONS, self.dt_rank + 2 * self.state_size)
+        features = features.unflatten(1, (height, width))
         dt_low_rank, B, C = projected.split([self.dt_rank, self.state_size, self.state_size], dim=-1)
         scan_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         A = -torch.exp(self.A_log.to(scan_dtype)).view(NUM_DIRECTIONS, self.inner_size, self.state_size)
@@ -195,10 +212,10 @@ class VMambaSS2D(nn.Module):
             self.D.to(scan_dtype).view(NUM_DIRECTIONS, self.inner_size),
             self.dt_proj_bias.to(scan_dtype),
         )
-        scanned = self.out_norm(scanned.to(features.dtype))
+        scanned = self.out_norm(scanned.to(features.dtype).flatten(1, 2))
         if self.gated:
             scanned = scanned * self.act(gate)
-        return self.out_proj(scanned)
+        return self.out_proj(scanned).unflatten(1, (height, width))
 
 
 class VMambaMLP(nn.Module):
@@ -229,10 +246,14 @@ class VMambaLayer(GradientCheckpointingLayer):
             self.mlp_norm = self.mlp = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.drop_path(self.ssm(self.ssm_norm(hidden_states)))
+        # The residual stream is stored as (B, H * W, C) and only viewed as a map (see layer_norm_flat).
+        height, width = hidden_states.shape[1:3]
+        hidden_states = hidden_states.flatten(1, 2)
+        mixed = self.ssm(self.ssm_norm(hidden_states).unflatten(1, (height, width)))
+        hidden_states = hidden_states + self.drop_path(mixed.flatten(1, 2))
         if self.mlp is not None:
             hidden_states = hidden_states + self.drop_path(self.mlp(self.mlp_norm(hidden_states)))
-        return hidden_states
+        return hidden_states.unflatten(1, (height, width))
 
 
 class VMambaPatchMerging(nn.Module):
@@ -251,8 +272,8 @@ class VMambaPatchMerging(nn.Module):
         # col), (odd row, even col), (even row, odd col), (odd row, odd col), i.e. column parity major. Written as
         # one reshape (not four strided slices) so that export sees every size as a plain function of H and W.
         merged = hidden_states.view(batch, half_height, 2, half_width, 2, channels).permute(0, 1, 3, 4, 2, 5)
-        merged = merged.reshape(batch, half_height, half_width, 4 * channels)
-        return self.reduction(self.norm(merged))
+        merged = merged.reshape(batch, half_height * half_width, 4 * channels)  # stored 3-D: see layer_norm_flat
+        return self.reduction(self.norm(merged)).unflatten(1, (half_height, half_width))
 
 
 class VMambaConvDownsample(nn.Module):
@@ -264,7 +285,7 @@ class VMambaConvDownsample(nn.Module):
         self.norm = nn.LayerNorm(out_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.norm(conv_channels_last(self.conv, hidden_states))
+        return layer_norm_flat(self.norm, conv_channels_last(self.conv, hidden_states))
 
 
 class VMambaStage(nn.Module):
@@ -404,7 +425,7 @@ class VMambaModel(VMambaPreTrainedModel):
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
         encoder_outputs = self.encoder(self.embeddings(pixel_values), **kwargs)
-        last_hidden_state = to_channels_first(self.layernorm(encoder_outputs.last_hidden_state))
+        last_hidden_state = to_channels_first(layer_norm_flat(self.layernorm, encoder_outputs.last_hidden_state))
         hidden_states = encoder_outputs.hidden_states
         return BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=last_hidden_state,
@@ -517,7 +538,7 @@ class VMambaBackbone(BackboneMixin, VMambaPreTrainedModel):
         for stage, hidden_state in zip(self.stage_names, hidden_states):
             if stage in self.out_features:
                 if stage in self.hidden_states_norms:
-                    hidden_state = self.hidden_states_norms[stage](hidden_state)
+                    hidden_state = layer_norm_flat(self.hidden_states_norms[stage], hidden_state)
                 # contiguous, as the original returns them: heads may .view() the maps
                 feature_maps.append(to_channels_first(hidden_state).contiguous())
         return BackboneOutput(
