@@ -96,8 +96,8 @@ def test_inductor_keeps_the_maps_channels_innermost():
     model = VMambaForImageClassification(config).eval()
     pixel_values = torch.randn(1, 3, 72, 88)
     with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
-        logits, codes = run_and_get_code(torch.compile(model, fullgraph=True), pixel_values)
-        torch.testing.assert_close(logits.logits, model(pixel_values).logits)
+        outputs, codes = run_and_get_code(torch.compile(model, fullgraph=True), pixel_values)
+        torch.testing.assert_close(outputs.logits, model(pixel_values).logits)
     widths = {config.hidden_sizes[0] // 2} | {
         size
         for stage, hidden in enumerate(config.hidden_sizes)
