@@ -353,8 +353,7 @@ def _backward_kernel(
 ):  # fmt: skip
     """Inputs as in ``_forward_kernel`` plus dy, flat like x with strides dys. Outputs (contiguous, with the
     positions flattened, L = H * W; every element written): dx (groups, batch, L, C), per route group like y in
-    ``_forward_kernel``; ddt (batch, L, 4, C), the gradient
-    of dt (whole, also when dt comes as low-rank factors);
+    ``_forward_kernel``; ddt (batch, L, 4, C), the gradient of dt (whole, also when dt comes as low-rank factors);
     dAp (batch, 4, N, C), dDp, dbiasp (batch, 4, C) per-image partials; dBp, dCp (blocks, batch, L, 4, N)
     per-channel-block partials. ``one`` is 1 in the compute dtype."""
     groups = dx.shape[0]
