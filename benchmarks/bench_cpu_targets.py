@@ -5,8 +5,8 @@ Everything is a ratio to Swin-T measured in the same process (interleaved rounds
 shifts every model alike:
 
 - eager inference latency at 224x224, batch 1 and 8, for each thread count asked (``--threads 1,2``);
-- batch 1 with ``torch.compile`` (Inductor, plain and with freezing; compile time = the first call, from cold
-  caches), timed in the same rounds as eager, unless ``--skip_compile``;
+- ``torch.compile`` (Inductor, plain and with freezing; compile time = the first call, from cold caches) at each
+  batch size of ``--compile_batches`` (default 1), timed in the same rounds as eager, unless ``--skip_compile``;
 - a training step (forward + backward of the cross-entropy, batch 8, train mode) and its peak memory, measured as
   the growth of the resident set in a fresh process per model (torch's CPU allocator keeps no statistics).
 
@@ -14,7 +14,8 @@ Random weights, float32. Writes ``RESULTS_cpu_targets.md`` and ``results_cpu_tar
 with ``--write`` (``--quick``: a few rounds, for a smoke run; never written over the full results).
 
     python benchmarks/bench_cpu_targets.py --threads 1,2 --skip_compile --write
-    python benchmarks/bench_cpu_targets.py --threads 2 --skip_train --name cpu_targets_compiled --write
+    python benchmarks/bench_cpu_targets.py --threads 1,2 --compile_batches 1,8 --skip_train \\
+        --name cpu_targets_compiled --write
     python benchmarks/bench_cpu_targets.py --quick --skip_compile
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import copy
 import ctypes
 import gc
@@ -127,6 +129,16 @@ COMPILE_MODES = {
 }
 
 
+def cold_inductor_caches():
+    """A fresh, empty Inductor cache (torch's own test helper; private, so without it: the process-wide cold cache
+    set up at import, which only the first compilation of each shape finds empty)."""
+    try:
+        from torch._inductor.utils import fresh_cache
+    except ImportError:
+        return contextlib.nullcontext()
+    return fresh_cache()
+
+
 def compile_models(models: dict, batch: int) -> tuple[dict, dict]:
     """torch.compile each model in each of COMPILE_MODES (a copy per mode) and time its first call (the
     compilation) at this batch size. Keys: (mode, model name)."""
@@ -202,8 +214,8 @@ def markdown(results: dict) -> str:
         "the cross-entropy at batch 8 in train mode (no optimizer). Peak memory: resident-set growth of one "
         "training step in a fresh process. Compiled: `torch.compile` (Inductor; VMamba with `fullgraph=True`), "
         "plain and with `options={\"freezing\": True}`, each on its own copy of the model, timed in the same "
-        "rounds as eager at batch 1; \"x eager\" is eager time / compiled time (above 1: the compiled model is "
-        "faster).",
+        "rounds as eager at the same batch size, compiled afresh for each batch size; \"x eager\" is eager time / "
+        "compiled time (above 1: the compiled model is faster).",
         "",
     ]
     for threads, run in results["runs"].items():
@@ -224,7 +236,8 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for column in run["columns"]:
             if column.startswith("compiled"):
-                lines += ["", f"Compile time, {column[:-3]} (first call, batch 1): " + ", ".join(
+                mode, batch = column.rsplit(" b", 1)
+                lines += ["", f"Compile time, {mode} (first call, batch {batch}): " + ", ".join(
                     f"{name} {entry['compile_seconds']:.0f} s" for name, entry in run["table"][column].items())]
         lines.append("")
     if results.get("train_memory_mib"):
@@ -243,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--quick", action="store_true", help="a few rounds: a smoke run")
     parser.add_argument("--skip_compile", action="store_true")
+    parser.add_argument("--compile_batches", default="1", help="comma-separated batch sizes to compile and time")
     parser.add_argument("--skip_train", action="store_true")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset (Swin-T always runs)")
     parser.add_argument("--write", action="store_true", help="write RESULTS_<name>.md and results_<name>.json")
@@ -251,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory_probe", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads_list = [int(t) for t in args.threads.split(",")]
+    compile_batches = [int(b) for b in args.compile_batches.split(",")]
     if args.memory_probe:
         print(json.dumps(train_memory_probe(args.memory_probe, args.batch, threads_list[0])))
         return
@@ -270,25 +285,27 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{threads} thread(s), eager batch {batch}: " + ", ".join(
                 f"{n} {v['ms']:.0f} ms ({v['ratio']:.2f}x)" for n, v in table[f"eager b{batch}"].items()), flush=True)
         run = {"columns": list(table), "table": table}
-        if not args.skip_compile:
+        for batch in [] if args.skip_compile else compile_batches:
             # Eager and every compiled form in the same rounds, so the speed-ups over eager are measured together.
-            compiled, seconds = compile_models(models, 1)
-            calls = inference_calls({("eager", name): model for name, model in models.items()} | compiled, 1)
-            medians = interleaved(calls, rounds, warmup)
+            # Each batch size and thread count compiles from empty caches (Inductor's on-disk and in-memory ones).
+            with cold_inductor_caches():
+                compiled, seconds = compile_models(models, batch)
+                calls = inference_calls({("eager", name): model for name, model in models.items()} | compiled, batch)
+                medians = interleaved(calls, rounds, warmup)
             eager_medians = {name: medians["eager", name] for name in models}
-            table["eager b1 (compile rounds)"] = {
+            table[f"eager b{batch} (compile rounds)"] = {
                 name: {"ms": m * 1e3, "ratio": r}
                 for (name, m), r in zip(eager_medians.items(), ratios(eager_medians).values())
             }
-            run["columns"].append("eager b1 (compile rounds)")
+            run["columns"].append(f"eager b{batch} (compile rounds)")
             for mode in COMPILE_MODES:
                 mode_medians = {name: medians[mode, name] for name in models}
-                table[f"{mode} b1"] = {
+                table[f"{mode} b{batch}"] = {
                     name: {"ms": m * 1e3, "ratio": r, "speedup_vs_eager": medians["eager", name] / m,
                            "compile_seconds": seconds[mode, name]}
                     for (name, m), r in zip(mode_medians.items(), ratios(mode_medians).values())
                 }
-                run["columns"].append(f"{mode} b1")
+                run["columns"].append(f"{mode} b{batch}")
             del compiled
             torch._dynamo.reset()
         if not args.skip_train:
