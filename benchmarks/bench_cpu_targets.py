@@ -38,8 +38,9 @@ import time
 from pathlib import Path
 
 
-# Compile times from cold caches: Inductor's on-disk caches would make every rerun look fast. Set before torch is
-# imported (by the time main() runs, Inductor has already fixed its cache folder).
+# Compile times from cold caches: Inductor's on-disk caches would make every rerun look fast. A temporary folder for
+# the whole process, set before torch is imported, so that the user's own Inductor cache is never read or written;
+# each compile round then gets an empty folder of its own when torch offers one (cold_inductor_caches).
 _compiles = "--skip_compile" not in sys.argv and "--memory_probe" not in sys.argv
 if _compiles and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="bench_inductor_")
